@@ -1,0 +1,57 @@
+"""Official PyTorch checkpoints → Paddle: safe reading, key mapping, condensation, checks."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Mapping, Tuple
+
+import numpy as np
+
+from .keymap import paddle_to_torch_state, strip_prefix, torch_to_paddle_state
+
+STATE_KEYS = {"ema": ("state_dict_ema", "model_ema", "state_dict", "model"),
+              "model": ("state_dict", "model")}
+
+
+def extract_state_dict(obj: Any, weights: str = "ema", where: str = "checkpoint") -> Tuple[Dict[str, np.ndarray], str]:
+    """The weights inside a checkpoint object: a bare state dict or one under a trainer's key."""
+    if weights not in STATE_KEYS:
+        raise ValueError(f"weights must be 'ema' or 'model', got {weights!r}")
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{where}: expected a dict, got {type(obj).__name__}")
+    if obj and all(isinstance(v, np.ndarray) for v in obj.values()):
+        return strip_prefix(obj), "(bare state dict)"
+    for key in STATE_KEYS[weights]:
+        if isinstance(obj.get(key), Mapping):
+            return strip_prefix(obj[key]), key
+    raise ValueError(f"{where}: no state dict found (looked for {', '.join(STATE_KEYS[weights])}; "
+                     f"top-level keys: {sorted(map(str, obj))[:10]})")
+
+
+def is_training_form(state: Mapping[str, np.ndarray]) -> bool:
+    return any(k.endswith("._mask") for k in state)
+
+
+def official_state_to_model(state: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
+    """An official (torch-layout) state of either form → the Paddle state of ``model`` (condensing if needed)."""
+    from ..condense import condense_state_dict
+    from ..models.condensenetv2 import CondenseNetV2
+
+    if is_training_form(state) and model.form == "converted":
+        train = CondenseNetV2(model.cfg, form="train")
+        return condense_state_dict(torch_to_paddle_state(state, train), model)
+    if not is_training_form(state) and model.form == "train":
+        raise ValueError("a converted (condensed) checkpoint cannot be loaded into a training-form model; "
+                         "use the converted_* model")
+    return torch_to_paddle_state(state, model)
+
+
+def load_torch_weights_into(model, path, skip=(), weights: str = "ema"):
+    from ..weights import load_state_dict
+    from .torch_file import load_torch_file
+
+    state, _ = extract_state_dict(load_torch_file(path), weights, where=str(path))
+    return load_state_dict(model, official_state_to_model(state, model), skip=skip, where=str(path))
+
+
+__all__ = ["extract_state_dict", "is_training_form", "official_state_to_model", "load_torch_weights_into",
+           "torch_to_paddle_state", "paddle_to_torch_state", "strip_prefix"]

@@ -1,0 +1,186 @@
+"""Reading, checking and writing model weights.
+
+``paddle.load`` unpickles with no restriction, so weights files are read here with an unpickler that
+only rebuilds numpy arrays; loading is strict by default, because ``set_state_dict`` only warns
+about missing or unexpected keys and would leave a silently half-initialised model.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterable, Mapping, Optional
+
+import numpy as np
+
+from .layers import CondenseSFR, dense_index_to_targets
+
+
+class WeightsError(ValueError):
+    """A weights file or state dict that cannot be used; the message names the file or key."""
+
+
+class StateDictMismatchError(WeightsError):
+    def __init__(self, missing=(), unexpected=(), shapes=(), where="state dict"):
+        self.missing, self.unexpected, self.shapes = list(missing), list(unexpected), list(shapes)
+        parts = []
+        if self.missing:
+            parts.append(f"missing keys {_few(self.missing)}")
+        if self.unexpected:
+            parts.append(f"unexpected keys {_few(self.unexpected)}")
+        if self.shapes:
+            parts.append("wrong shapes " + _few([f"{k}: got {g}, model has {m}" for k, g, m in self.shapes]))
+        super().__init__(f"{where} does not fit the model: " + "; ".join(parts))
+
+
+def _few(items, n=5):
+    items = list(items)
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return "[" + ", ".join(repr(i) if not isinstance(i, str) or ":" not in i else i for i in items[:n]) + "]" + more
+
+
+def state_dict_numpy(model) -> Dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in model.state_dict().items()}
+
+
+def adapt_state_dict(model, state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Accept layouts other than ours where they are unambiguous: the official dense SFR index matrix."""
+    state = dict(state)
+    for name, layer in model.named_sublayers():
+        key = f"{name}.index"
+        if isinstance(layer, CondenseSFR) and key in state and np.ndim(state[key]) == 2:
+            state[key] = dense_index_to_targets(state[key], key)
+    return state
+
+
+def load_state_dict(model, state: Mapping[str, np.ndarray], strict: bool = True,
+                    skip: Iterable[str] = (), where: str = "state dict"):
+    """Load numpy/tensor ``state`` into ``model``; with ``strict`` any missing, unexpected or misshapen key raises.
+
+    ``skip``: key prefixes left as initialised (e.g. ``classifier`` when fine-tuning on new classes).
+    """
+    skip = tuple(skip)
+    state = {k: np.asarray(v) for k, v in adapt_state_dict(model, state).items() if not k.startswith(skip)}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape)) for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if shapes or (strict and (missing or unexpected)):
+        raise StateDictMismatchError(missing if strict else (), unexpected if strict else (), shapes, where)
+    for k, v in own.items():
+        if k in state:
+            if v.dtype.name.lower().startswith("int") and not np.issubdtype(state[k].dtype, np.integer):
+                raise WeightsError(f"{where}: {k!r} must hold integers, got {state[k].dtype}")
+            v.set_value(state[k].astype(_np_dtype(v)))
+    return model
+
+
+def _np_dtype(tensor):
+    return np.dtype(str(tensor.dtype).replace("paddle.", ""))
+
+
+# --- files ----------------------------------------------------------------------------------
+_NUMPY_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def __init__(self, file, path):
+        super().__init__(file)
+        self._path = path
+
+    def find_class(self, module, name):
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        raise WeightsError(f"{self._path}: refusing to load {module}.{name}: a weights file holds only arrays")
+
+
+def read_paddle_weights(path) -> Dict[str, np.ndarray]:
+    """A ``.pdparams`` file (``paddle.save`` of a state dict) as numpy arrays, without running pickle code."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            obj = _NumpyOnlyUnpickler(io.BufferedReader(f), path).load()
+    except WeightsError:
+        raise
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such file") from None
+    except Exception as e:  # truncated or not a pickle at all
+        raise WeightsError(f"{path}: not a readable .pdparams file ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise WeightsError(f"{path}: expected a dict of name -> array, got {type(obj).__name__}")
+    out = {}
+    for k, v in obj.items():
+        arr = np.asarray(v)
+        if arr.dtype == object:
+            raise WeightsError(f"{path}: {k!r} is not a numeric array")
+        out[k] = arr
+    return out
+
+
+def read_safetensors(path) -> Dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return dict(load_file(str(path)))
+
+
+def atomic_write(path, write_fn):
+    """Run ``write_fn(tmp_path)`` then move the result into place: no partial ``path`` on any failure."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_weights(state: Mapping[str, np.ndarray], path, fmt: Optional[str] = None):
+    """Write ``state`` as ``.pdparams`` (loadable by ``paddle.load``) or ``.safetensors``, atomically."""
+    state = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
+    fmt = fmt or ("safetensors" if str(path).endswith(".safetensors") else "pdparams")
+    if fmt == "safetensors":
+        from safetensors.numpy import save_file
+
+        return atomic_write(path, lambda tmp: save_file(state, tmp))
+    if fmt != "pdparams":
+        raise ValueError(f"unknown weights format {fmt!r}; expected 'pdparams' or 'safetensors'")
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            pickle.dump(state, f, protocol=4)
+
+    return atomic_write(path, write)
+
+
+def read_weights(path) -> Dict[str, np.ndarray]:
+    """Any weights file we know: .pdparams, .safetensors, or an official torch checkpoint (converted to Paddle keys later)."""
+    path = Path(path)
+    if str(path).startswith(("http://", "https://")):
+        raise WeightsError(f"{path}: download the file first and pass its local path (no network access here)")
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    return read_paddle_weights(path)
+
+
+def load_pretrained(model, path, skip_classifier: bool = False):
+    """Load a local ``.pdparams``/``.safetensors`` (ours) or official torch ``.pth``/``.pth.tar`` into ``model``."""
+    path = Path(path)
+    skip = ("classifier",) if skip_classifier else ()
+    if path.suffix in (".pth", ".pt", ".tar", ".pkl") or path.name.endswith(".pth.tar"):
+        from .convert import load_torch_weights_into
+
+        return load_torch_weights_into(model, path, skip=skip)
+    return load_state_dict(model, read_weights(path), skip=skip, where=str(path))
