@@ -12,7 +12,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .layers import CondenseLGC, CondenseSFR
+from .layers import CondenseLGC, CondenseLinear, CondenseSFR, condense_linear_index
 
 _BN = ("weight", "bias", "_mean", "_variance")
 
@@ -66,6 +66,9 @@ def condense_state_dict(state: Dict[str, np.ndarray], target) -> Dict[str, np.nd
     out = {}
     consumed = set()
     for name, layer in target.named_sublayers():
+        if isinstance(layer, CondenseLinear):
+            out.update(condense_linear_state(state, name, layer.in_features))
+            continue
         if not isinstance(layer, (CondenseLGC, CondenseSFR)):
             continue
         try:
@@ -92,14 +95,54 @@ def condense_state_dict(state: Dict[str, np.ndarray], target) -> Dict[str, np.nd
     return out
 
 
+def condense_linear_state(state: Dict[str, np.ndarray], name: str, kept: int) -> Dict[str, np.ndarray]:
+    """CondenseNet (V1) classifier: dense Linear ``name`` (Paddle layout [in, out]) → CondenseLinear state."""
+    try:
+        weight, bias = state[f"{name}.weight"], state[f"{name}.bias"]
+    except KeyError as e:
+        raise KeyError(f"training-form state has no {e.args[0]!r}; is it a training-form checkpoint?") from None
+    index = condense_linear_index(np.asarray(weight).T, kept)
+    return {f"{name}.index": index, f"{name}.linear.weight": np.asarray(weight)[index],
+            f"{name}.linear.bias": np.asarray(bias)}
+
+
 def condense(model):
-    """Return the condensed-form twin of a fully condensed training-form ``CondenseNetV2``."""
+    """Return the condensed-form twin of a fully condensed training-form ``CondenseNetV2`` or ``CondenseNet``."""
+    from .models.condensenet import CondenseNet
     from .models.condensenetv2 import CondenseNetV2
     from .weights import load_state_dict, state_dict_numpy
 
-    if getattr(model, "form", None) != "train":
-        raise ValueError("condense() expects a training-form CondenseNetV2 (form='train')")
-    target = CondenseNetV2(model.cfg, form="converted", features_only=model.features_only)
+    if not isinstance(model, (CondenseNetV2, CondenseNet)) or model.form != "train":
+        raise ValueError("condense() expects a training-form CondenseNetV2 or CondenseNet (form='train')")
+    target = type(model)(model.cfg, form="converted", features_only=model.features_only)
     load_state_dict(target, condense_state_dict(state_dict_numpy(model), target))
     target.train() if model.training else target.eval()
     return target
+
+
+def condensed_equivalent(model):
+    """The training-form model that computes exactly what ``condense(model)`` computes.
+
+    Condensing the learned layers is exact (the masks already removed those connections), so that is
+    ``model`` itself, except for CondenseNet (V1)'s classifier: upstream's conversion keeps only
+    ``classifier_keep`` (0.5) of its input features, which changes the logits. For such a model this
+    returns a copy whose classifier weights for the dropped features are zero, so the condensed
+    model's predictions can be checked against it.
+    """
+    from .models.condensenet import CondenseNet
+    from .weights import load_state_dict, state_dict_numpy
+
+    if not isinstance(model, CondenseNet) or model.form != "train" or model.cfg.num_classes <= 0:
+        return model
+    kept = model.cfg.classifier_features
+    if kept >= model.num_features:
+        return model
+    state = state_dict_numpy(model)
+    weight = state["classifier.weight"]  # Paddle layout [in, out]
+    dropped = np.ones(weight.shape[0], bool)
+    dropped[condense_linear_index(weight.T, kept)] = False
+    state["classifier.weight"] = np.where(dropped[:, None], np.zeros_like(weight), weight)
+    twin = type(model)(model.cfg, form="train", features_only=model.features_only)
+    load_state_dict(twin, state)
+    twin.train() if model.training else twin.eval()
+    return twin

@@ -16,7 +16,7 @@ lets the tests pin the published figures without torch, and makes every term vis
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 from ppcdnv2.models.config import CondenseNetV2Config, preset
 
@@ -144,14 +144,64 @@ def _dense_layer(cfg: CondenseNetV2Config, cin: int, k: int, hw: int, use_se: bo
     return lc
 
 
-def _resolve(cfg) -> Tuple[CondenseNetV2Config, str]:
+def count_trunk(cfg, size: int, dense_layer: Callable[[int, int, int, int], LayerCount]
+                ) -> Tuple[List[LayerCount], int, int]:
+    """Rows of the part the CondenseNet families share: the 3x3 stem, each dense block (the sum of
+    ``dense_layer(block index, in_channels, growth, h*w)`` over its layers) and the 2x2 average-pool
+    transitions. ``size``: input side. Returns (rows, channels, spatial side) after the last block."""
+    layers: List[LayerCount] = []
+    channels = 2 * cfg.growth[0]
+    size = _conv_out(size, 3, cfg.init_stride, 1)
+    stem_params = 3 * channels * 9
+    layers.append(LayerCount("stem", stem_params * size * size, stem_params, stem_params))
+    last = len(cfg.stages) - 1
+    for i, (depth, k) in enumerate(zip(cfg.stages, cfg.growth)):
+        if size < 1:
+            raise ValueError(f"input too small: no spatial extent left at dense block {i + 1}")
+        block = LayerCount(f"block{i + 1}")
+        for j in range(depth):
+            block.add(dense_layer(i, channels + j * k, k, size * size))
+        layers.append(block)
+        channels += depth * k
+        if i != last:
+            out = _conv_out(size, 2, 2)
+            layers.append(LayerCount(f"trans{i + 1}", channels * out * out * 4))
+            size = out
+    return layers, channels, size
+
+
+def check_final_pool(cfg, size: int, channels: int, head: str) -> None:
+    """The final ``pool_size`` average pool must leave 1x1, or the ``head`` layer cannot take the features."""
+    pooled = _conv_out(size, cfg.pool_size, cfg.pool_size)
+    if pooled != 1:
+        raise ValueError(f"the final {cfg.pool_size}x{cfg.pool_size} pool sees {size}x{size} and leaves "
+                         f"{pooled}x{pooled}; {head} expects {channels} features, so this input size cannot run")
+
+
+def sum_counts(layers: List[LayerCount]) -> LayerCount:
+    total = LayerCount("total")
+    for lc in layers:
+        total.add(lc)
+    return total
+
+
+def resolve(cfg, form: Optional[str] = None, config_class=CondenseNetV2Config, lookup=preset,
+            what: str = "a preset name") -> Tuple[Any, str, str]:
+    """(config, name, form) of a preset name (``lookup``), a ``config_class`` or a dict of its fields;
+    ``form`` defaults to ``"converted"`` for ``converted_*`` names, else ``"train"``."""
     if isinstance(cfg, str):
-        return preset(cfg), cfg
-    if isinstance(cfg, Mapping):
-        return CondenseNetV2Config.from_dict(cfg), "custom"
-    if isinstance(cfg, CondenseNetV2Config):
-        return cfg, "custom"
-    raise TypeError(f"expected a preset name, a CondenseNetV2Config or a dict, got {type(cfg).__name__}")
+        cfg, name = lookup(cfg), cfg
+    elif isinstance(cfg, Mapping):
+        cfg, name = config_class.from_dict(cfg), "custom"
+    elif isinstance(cfg, config_class):
+        name = "custom"
+    else:
+        raise TypeError(f"expected {what}, a {config_class.__name__} or a dict, got {type(cfg).__name__}")
+    if form is None:
+        form = "converted" if name.startswith("converted_") else "train"
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    return cfg, name, form
 
 
 def count_flops(cfg: Union[str, CondenseNetV2Config, Mapping], form: Optional[str] = None,
@@ -161,41 +211,22 @@ def count_flops(cfg: Union[str, CondenseNetV2Config, Mapping], form: Optional[st
     ``form`` defaults to ``"converted"`` for ``converted_*`` preset names, else ``"train"``. ``flops``
     always follows the official rules (they are defined on the training form and equal to the
     condensed convolutions' real MACs); only ``params`` differs between forms.
+    CondenseNet (V1) configs and preset names are counted by ``ppcdnv2.flops_v1``.
     """
-    cfg, name = _resolve(cfg)
-    if form is None:
-        form = "converted" if name.startswith("converted_") else "train"
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    from ppcdnv2.flops_v1 import count_flops_v1, is_v1_config
+
+    if is_v1_config(cfg):
+        return count_flops_v1(cfg, form, input_size)
+    cfg, name, form = resolve(cfg, form)
     size = cfg.input_size if input_size is None else int(input_size)
 
-    layers: List[LayerCount] = []
-    channels = 2 * cfg.growth[0]
-    size = _conv_out(size, 3, cfg.init_stride, 1)
-    stem_params = 3 * channels * 9
-    layers.append(LayerCount("stem", 3 * channels * 9 * size * size, stem_params, stem_params))
-
-    last = len(cfg.stages) - 1
-    for i, (depth, k) in enumerate(zip(cfg.stages, cfg.growth)):
-        if size < 1:
-            raise ValueError(f"input too small: no spatial extent left at dense block {i + 1}")
-        block = LayerCount(f"block{i + 1}")
-        for j in range(depth):
-            block.add(_dense_layer(cfg, channels + j * k, k, size * size, i >= cfg.se_start_block))
-        layers.append(block)
-        channels += depth * k
-        if i != last:
-            out = _conv_out(size, 2, 2)
-            layers.append(LayerCount(f"trans{i + 1}", channels * out * out * 4))
-            size = out
+    layers, channels, size = count_trunk(
+        cfg, size, lambda block, cin, k, hw: _dense_layer(cfg, cin, k, hw, block >= cfg.se_start_block))
+    check_final_pool(cfg, size, channels, "fc")
 
     head = LayerCount("head")
     head.add(_bn(channels))
     head.add(_act(channels, size * size))  # relu_last
-    pooled = _conv_out(size, cfg.pool_size, cfg.pool_size)
-    if pooled != 1:
-        raise ValueError(f"the final {cfg.pool_size}x{cfg.pool_size} pool sees {size}x{size} and leaves "
-                         f"{pooled}x{pooled}; fc expects {channels} features, so this input size cannot run")
     head.flops += channels * cfg.pool_size * cfg.pool_size
     head.add(_se(channels, cfg.last_se_reduction, 1))
     fc = channels * cfg.fc_channel
@@ -209,9 +240,7 @@ def count_flops(cfg: Union[str, CondenseNetV2Config, Mapping], form: Optional[st
         head.converted_params += cls + cfg.num_classes
     layers.append(head)
 
-    total = LayerCount("total")
-    for lc in layers:
-        total.add(lc)
+    total = sum_counts(layers)
     ex = {k: total.extras.get(k, 0) for k in EXTRA_KEYS}
     ex["executed_total_ours"] = total.flops + ex["lgc_index_select"] + ex["sfr_scatter_add"] + ex["se_scale"]
     ex["executed_total_official"] = (total.flops + ex["lgc_index_select"] + ex["sfr_dense_matmul_macs"]
@@ -224,7 +253,7 @@ def count_flops(cfg: Union[str, CondenseNetV2Config, Mapping], form: Optional[st
 
 def conv_macs(cfg: Union[str, CondenseNetV2Config, Mapping], input_size: Optional[int] = None) -> float:
     """MACs of the convolutions alone (stem, condensed LGC, grouped 3x3, condensed SFR)."""
-    cfg, _ = _resolve(cfg)
+    cfg, _, _ = resolve(cfg)
     size = _conv_out(cfg.input_size if input_size is None else int(input_size), 3, cfg.init_stride, 1)
     channels = 2 * cfg.growth[0]
     total = 3 * channels * 9 * size * size
@@ -241,9 +270,30 @@ def conv_macs(cfg: Union[str, CondenseNetV2Config, Mapping], input_size: Optiona
     return total
 
 
-if __name__ == "__main__":  # pragma: no cover
-    import sys
+def main(argv=None) -> int:
+    """``python -m ppcdnv2.flops NAME [NAME ...]``: FLOPs/params of registered models of either family."""
+    import argparse
 
-    for arg in sys.argv[1:] or ["cdnv2_a", "cdnv2_b", "cdnv2_c"]:
-        print(count_flops(arg))
+    from .models.registry import list_models, model_entry
+
+    p = argparse.ArgumentParser(prog="python -m ppcdnv2.flops", description=main.__doc__.split(":", 1)[1].strip())
+    p.add_argument("names", nargs="*", metavar="NAME", default=["cdnv2_a", "cdnv2_b", "cdnv2_c"],
+                   help="registry names (training or converted_ form); default: cdnv2_a cdnv2_b cdnv2_c")
+    p.add_argument("--input-size", type=int, default=None, help="image side (default: the model's own)")
+    args = p.parse_args(argv)
+    for name in args.names:
+        try:
+            family = model_entry(name).family
+        except KeyError:
+            p.error(f"unknown model {name!r}; known: {', '.join(list_models())}")
+        if family == "condensenet":
+            from .flops_v1 import count_flops_v1 as count
+        else:
+            count = count_flops
+        print(count(name, input_size=args.input_size))
         print()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -101,6 +101,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise WeightsError(f"{self._path}: refusing to load {module}.{name}: a weights file holds only arrays")
 
 
+# ``paddle.save`` of a Layer's state dict adds this table of structured -> parameter names; not a weight.
+_PADDLE_NAME_TABLE = "StructuredToParameterName@@"
+
+
 def read_paddle_weights(path) -> Dict[str, np.ndarray]:
     """A ``.pdparams`` file (``paddle.save`` of a state dict) as numpy arrays, without running pickle code."""
     path = Path(path)
@@ -117,6 +121,8 @@ def read_paddle_weights(path) -> Dict[str, np.ndarray]:
         raise WeightsError(f"{path}: expected a dict of name -> array, got {type(obj).__name__}")
     out = {}
     for k, v in obj.items():
+        if k == _PADDLE_NAME_TABLE:
+            continue
         arr = np.asarray(v)
         if arr.dtype == object:
             raise WeightsError(f"{path}: {k!r} is not a numeric array")
@@ -138,6 +144,7 @@ def atomic_write(path, write_fn):
     os.close(fd)
     try:
         write_fn(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the user's usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -145,9 +152,20 @@ def atomic_write(path, write_fn):
     return path
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _c_contiguous(value):
+    a = np.asarray(value)
+    return a if a.flags.c_contiguous else a.copy(order="C")  # np.ascontiguousarray would make 0-d arrays 1-d
+
+
 def save_weights(state: Mapping[str, np.ndarray], path, fmt: Optional[str] = None):
     """Write ``state`` as ``.pdparams`` (loadable by ``paddle.load``) or ``.safetensors``, atomically."""
-    state = {k: np.ascontiguousarray(np.asarray(v)) for k, v in state.items()}
+    state = {k: _c_contiguous(v) for k, v in state.items()}
     fmt = fmt or ("safetensors" if str(path).endswith(".safetensors") else "pdparams")
     if fmt == "safetensors":
         from safetensors.numpy import save_file

@@ -32,17 +32,17 @@ def is_training_form(state: Mapping[str, np.ndarray]) -> bool:
 
 
 def official_state_to_model(state: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
-    """An official (torch-layout) state of either form → the Paddle state of ``model`` (condensing if needed)."""
-    from ..condense import condense_state_dict
-    from ..models.condensenetv2 import CondenseNetV2
+    """An official (torch-layout) state of either form → the Paddle state of ``model`` (condensing if needed).
 
-    if is_training_form(state) and model.form == "converted":
-        train = CondenseNetV2(model.cfg, form="train")
-        return condense_state_dict(torch_to_paddle_state(state, train), model)
+    Works for every registered family (``ppcdnv2.convert.spec``), recognised from the keys.
+    """
+    from .spec import find_family
+
+    state = strip_prefix(state)
     if not is_training_form(state) and model.form == "train":
         raise ValueError("a converted (condensed) checkpoint cannot be loaded into a training-form model; "
                          "use the converted_* model")
-    return torch_to_paddle_state(state, model)
+    return find_family(state).official_to_paddle(state, model)
 
 
 def load_torch_weights_into(model, path, skip=(), weights: str = "ema"):
@@ -53,5 +53,22 @@ def load_torch_weights_into(model, path, skip=(), weights: str = "ema"):
     return load_state_dict(model, official_state_to_model(state, model), skip=skip, where=str(path))
 
 
+# Whole-file conversion, the torch file reader/writer and the family registry, imported on first use.
+_LAZY = {
+    "convert_torch_checkpoint": "api", "export_torch_checkpoint": "api", "ConversionResult": "api",
+    "VerificationError": "api", "load_torch_file": "torch_file", "TorchFileError": "torch_file",
+    "UnsafeCheckpointError": "torch_file", "save_torch_file": "torch_writer", "FamilySpec": "spec",
+    "register_family": "spec", "families": "spec", "find_family": "spec", "ArchMismatchError": "checks",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = ["extract_state_dict", "is_training_form", "official_state_to_model", "load_torch_weights_into",
-           "torch_to_paddle_state", "paddle_to_torch_state", "strip_prefix"]
+           "torch_to_paddle_state", "paddle_to_torch_state", "strip_prefix", *_LAZY]

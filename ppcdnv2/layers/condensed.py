@@ -8,14 +8,44 @@ one channel of the features it reactivates. Upstream stores that mapping as a de
 applied by matmul (most of the model's executed work); here ``index`` is the int64 target channel of
 each conv output and the add is a scatter-add (targets repeat across groups, some channels get none).
 ``dense_index_to_targets`` / ``targets_to_dense_index`` convert between the two layouts.
+
+Channel (un)shuffles use Paddle's fused ``channel_shuffle`` kernel: the reshape/transpose/reshape
+formulation costs about as much as the convolutions themselves on CPU (a strided copy ~100x slower).
+
+``portable_ops()`` makes a trace (``paddle.jit``) use only ops ONNX has, for ``paddle2onnx``, which
+lacks ``channel_shuffle`` and ``index_add``: the shuffle becomes a channel gather, and SFR's grouped
+conv + unshuffle + scatter-add is folded into one dense 1x1 conv onto all input channels (its weight
+computed in the graph from the same parameters, so the state dict is unchanged; more MACs, no scatter).
 """
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 import paddle
 import paddle.nn as nn
+import paddle.nn.functional as F
 
-from .common import batch_norm, channel_shuffle, channel_unshuffle, make_activation
+from .common import batch_norm, make_activation
+
+
+_PORTABLE = False
+
+
+@contextlib.contextmanager
+def portable_ops():
+    """While active, condensed layers trace to ONNX-convertible ops (see the module docstring)."""
+    global _PORTABLE
+    previous, _PORTABLE = _PORTABLE, True
+    try:
+        yield
+    finally:
+        _PORTABLE = previous
+
+
+def _shuffle_order(channels: int, groups: int):
+    """Gather order equal to ``channel_shuffle``: new channel k*G + g is old channel g*C/G + k."""
+    return paddle.to_tensor(np.arange(channels).reshape(groups, channels // groups).T.reshape(-1))
 
 
 class CondenseLGC(nn.Layer):
@@ -31,7 +61,9 @@ class CondenseLGC(nn.Layer):
     def forward(self, x):
         x = paddle.index_select(x, self.index, axis=1)
         x = self.conv(self.activation(self.norm(x)))
-        return channel_shuffle(x, self.groups)
+        if _PORTABLE:
+            return paddle.index_select(x, _shuffle_order(self.out_channels, self.groups), axis=1)
+        return F.channel_shuffle(x, self.groups)  # = common.channel_shuffle, as one kernel
 
 
 class CondenseSFR(nn.Layer):
@@ -49,9 +81,36 @@ class CondenseSFR(nn.Layer):
                               groups=groups, bias_attr=False)
         self.register_buffer("index", paddle.zeros([self.conv_channels], "int64"))
 
+    def reactivation(self, x):
+        """The conv outputs, [N, conv_channels, H, W]; output k is added onto feature channel ``index[k]``."""
+        x = self.activation(self.norm(x))
+        return self.conv(F.channel_shuffle(x, x.shape[1] // self.groups))  # = common.channel_unshuffle
+
+    def add_to_(self, features, x):
+        """In place: scatter-add the reactivation of ``x`` onto ``features`` (no grad; any width > max index)."""
+        return features.index_add_(self.index, 1, self.reactivation(x))
+
+    def folded_weight(self):
+        """[out_channels, in_channels, 1, 1]: unshuffle, grouped conv and scatter-add as one dense 1x1 conv.
+
+        Conv row r of group g reads original input channel i*G + g as its i-th input; its weight row,
+        spread to those columns, is summed into row ``index[r]`` (duplicates add up like the scatter).
+        """
+        g, rows = self.groups, self.conv_channels
+        per_group = self.in_channels // g
+        w = self.conv.weight.reshape([g, rows // g, per_group, 1])
+        spread = (w * paddle.eye(g, dtype=w.dtype).reshape([g, 1, 1, g])).reshape([rows, self.in_channels])
+        targets = F.one_hot(self.index, self.out_channels).astype(w.dtype)  # [rows, out]
+        return paddle.matmul(targets, spread, transpose_x=True).reshape([self.out_channels, self.in_channels, 1, 1])
+
     def forward(self, x, residual=None):
         """The reactivation features, added onto ``residual`` (zeros when None) in one scatter-add."""
-        x = self.conv(channel_unshuffle(self.activation(self.norm(x)), self.groups))
+        if _PORTABLE:
+            if self.conv._kernel_size != [1, 1] or self.conv._stride != [1, 1]:
+                raise NotImplementedError("portable_ops() folds 1x1 stride-1 SFR convolutions only")
+            x = F.conv2d(self.activation(self.norm(x)), self.folded_weight())
+            return x if residual is None else residual + x
+        x = self.reactivation(x)
         if residual is None:
             n, _, h, w = x.shape
             residual = paddle.zeros([n, self.out_channels, h, w], x.dtype)
@@ -79,3 +138,29 @@ def targets_to_dense_index(targets, out_channels: int) -> np.ndarray:
     m = np.zeros((t.shape[0], out_channels), np.float32)
     m[np.arange(t.shape[0]), t] = 1.0
     return m
+
+
+class CondenseLinear(nn.Layer):
+    """Condensed classifier of CondenseNet (V1): a Linear over the ``index``-selected input features.
+
+    Upstream's conversion keeps ``int(in_features * keep)`` features (keep = 0.5), those whose weight
+    columns have the largest L1 norm, listed in ascending order of that norm.
+    """
+
+    def __init__(self, in_features: int, out_features: int, keep: float = 0.5):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features * keep), out_features
+        self.linear = nn.Linear(self.in_features, out_features)
+        self.register_buffer("index", paddle.arange(self.in_features, dtype="int64"))
+
+    def forward(self, x):
+        return self.linear(paddle.index_select(x, self.index, axis=1))
+
+
+def condense_linear_index(weight_out_in, kept: int) -> np.ndarray:
+    """The ``kept`` features a ``CondenseLinear`` reads from a dense [out, in] weight: upstream's rule and order."""
+    w = np.asarray(weight_out_in)
+    if not 0 < kept <= w.shape[1]:
+        raise ValueError(f"cannot keep {kept} of {w.shape[1]} linear input features")
+    order = np.argsort(np.abs(w).sum(0), kind="stable")
+    return order[w.shape[1] - kept:].astype(np.int64)

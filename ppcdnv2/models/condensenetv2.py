@@ -6,14 +6,14 @@ Module names follow the official PyTorch code so official state dicts map key fo
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 import paddle
 import paddle.nn as nn
 
 from ..layers import LGC, SFR, Conv, CondenseLGC, CondenseSFR, HS, SELayer, LEARNED_LAYERS, batch_norm
-from .config import CondenseNetV2Config, preset
-from .registry import register_model
+from .config import PRESETS, CondenseNetV2Config, preset  # noqa: F401 (preset: re-exported)
+from .registry import ModelFamily, register_model_family
 
 FORMS = ("train", "converted")
 
@@ -42,11 +42,36 @@ class SFRDenseLayer(nn.Layer):
             self.sfr = CondenseSFR(growth, in_channels, 1, groups=cfg.group_trans,
                                    activation=activation, condense_factor=cfg.trans_factor)
 
-    def forward(self, x):
+    def new_features(self, x):
         new = self.conv_2(self.conv_1(x))
-        if self.use_se:
-            new = self.se(new)
+        return self.se(new) if self.use_se else new
+
+    def forward(self, x):
+        new = self.new_features(x)
         return paddle.concat([self.sfr(new, residual=x), new], axis=1)
+
+
+def condensed_block_inplace(block: nn.Sequential, x):
+    """A converted-form dense block without re-copying the growing feature map (no-grad dygraph only).
+
+    The block's output is allocated once; each layer reads its input channels straight from it (its
+    LGC gathers channels below its own width only), scatter-adds its reactivation onto them and adds
+    its new channels into their (zero) slot, both with in-place ``index_add_``. The functional path
+    copies the whole map twice per layer (``index_add`` and ``concat``).
+    """
+    layers = list(block.children())
+    if not all(isinstance(layer, SFRDenseLayer) for layer in layers):  # e.g. CondenseNet V1's blocks
+        return block(x)
+    n, width, h, w = x.shape
+    total = width + sum(layer.conv_2.conv.weight.shape[0] for layer in layers)
+    features = paddle.concat([x, paddle.zeros([n, total - width, h, w], x.dtype)], axis=1)
+    for layer in layers:
+        new = layer.new_features(features)
+        layer.sfr.add_to_(features, new)
+        grown = width + new.shape[1]
+        features.index_add_(paddle.arange(width, grown, dtype="int64"), 1, new)
+        width = grown
+    return features
 
 
 class Transition(nn.Layer):
@@ -56,6 +81,34 @@ class Transition(nn.Layer):
 
     def forward(self, x):
         return self.pool(x)
+
+
+def dense_trunk(cfg, form: str, dense_layer: Callable[[int, int, int], nn.Layer]
+                ) -> Tuple[nn.Sequential, int, List[int]]:
+    """The ``features`` trunk the CondenseNet families share, with upstream's module names: stem conv
+    (``init_conv``), dense blocks of ``dense_layer(block index, in_channels, growth)`` with 2x2
+    average-pool transitions between them, then ``norm_last``/``relu_last``/``pool_last``.
+    Returns (trunk, output channels, output channels of each block)."""
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
+    features = nn.Sequential()
+    channels = 2 * cfg.growth[0]
+    features.add_sublayer("init_conv", nn.Conv2D(3, channels, 3, stride=cfg.init_stride, padding=1, bias_attr=False))
+    stage_channels: List[int] = []
+    last = len(cfg.stages) - 1
+    for i, (depth, growth) in enumerate(zip(cfg.stages, cfg.growth)):
+        block = nn.Sequential()
+        for j in range(depth):
+            block.add_sublayer(f"denselayer_{j + 1}", dense_layer(i, channels + j * growth, growth))
+        features.add_sublayer(f"denseblock_{i + 1}", block)
+        channels += depth * growth
+        stage_channels.append(channels)
+        if i != last:
+            features.add_sublayer(f"transition_{i + 1}", Transition())
+    features.add_sublayer("norm_last", batch_norm(channels))
+    features.add_sublayer("relu_last", nn.ReLU())
+    features.add_sublayer("pool_last", nn.AvgPool2D(cfg.pool_size))
+    return features, channels, stage_channels
 
 
 class CondenseNetV2(nn.Layer):
@@ -68,31 +121,17 @@ class CondenseNetV2(nn.Layer):
     (strides 4/8/16/32/32 for the ImageNet stem), for use as a detection/segmentation backbone.
     """
 
+    family = "condensenetv2"
+
     def __init__(self, cfg: CondenseNetV2Config, form: str = "train", features_only: bool = False):
         super().__init__()
-        if form not in FORMS:
-            raise ValueError(f"form must be one of {FORMS}, got {form!r}")
         self.cfg, self.form, self.features_only = cfg, form, features_only
-        self.features = nn.Sequential()
-        channels = 2 * cfg.growth[0]
-        self.features.add_sublayer("init_conv", nn.Conv2D(3, channels, 3, stride=cfg.init_stride, padding=1,
-                                                          bias_attr=False))
-        self.stage_channels: List[int] = []
-        last = len(cfg.stages) - 1
-        for i, (depth, growth) in enumerate(zip(cfg.stages, cfg.growth)):
-            activation = "HS" if i >= cfg.hs_start_block else "ReLU"
-            block = nn.Sequential()
-            for j in range(depth):
-                block.add_sublayer(f"denselayer_{j + 1}", SFRDenseLayer(
-                    channels + j * growth, growth, cfg, activation, i >= cfg.se_start_block, form))
-            self.features.add_sublayer(f"denseblock_{i + 1}", block)
-            channels += depth * growth
-            self.stage_channels.append(channels)
-            if i != last:
-                self.features.add_sublayer(f"transition_{i + 1}", Transition())
-        self.features.add_sublayer("norm_last", batch_norm(channels))
-        self.features.add_sublayer("relu_last", nn.ReLU())
-        self.features.add_sublayer("pool_last", nn.AvgPool2D(cfg.pool_size))
+
+        def dense_layer(block, in_channels, growth):
+            activation = "HS" if block >= cfg.hs_start_block else "ReLU"
+            return SFRDenseLayer(in_channels, growth, cfg, activation, block >= cfg.se_start_block, form)
+
+        self.features, channels, self.stage_channels = dense_trunk(cfg, form, dense_layer)
         self.features.add_sublayer("se_last", SELayer(channels, reduction=cfg.last_se_reduction))
         self.num_features = channels
         self.fc = nn.Linear(channels, cfg.fc_channel)
@@ -131,10 +170,11 @@ class CondenseNetV2(nn.Layer):
     # --- forward --------------------------------------------------------------------------
     def forward_stages(self, x) -> List[paddle.Tensor]:
         outs = []
+        inplace = _inplace_blocks(self)
         for name, layer in self.features.named_children():
             if name in ("norm_last", "relu_last", "pool_last", "se_last"):
                 break
-            x = layer(x)
+            x = condensed_block_inplace(layer, x) if inplace and name.startswith("denseblock_") else layer(x)
             if name.startswith("denseblock_"):
                 outs.append(x)
         return outs
@@ -148,31 +188,23 @@ class CondenseNetV2(nn.Layer):
             self.set_progress(progress)
         if self.features_only:
             return self.forward_stages(x)
+        if _inplace_blocks(self):
+            for name, layer in self.features.named_children():
+                x = condensed_block_inplace(layer, x) if name.startswith("denseblock_") else layer(x)
+            return self.forward_head(x)
         return self.forward_head(self.features(x))
+
+
+def _inplace_blocks(model) -> bool:
+    """Whether dense blocks may run in place: converted form, dygraph, gradients off."""
+    return model.form == "converted" and paddle.in_dynamic_mode() and not paddle.is_grad_enabled()
+
+
+FAMILY = register_model_family(ModelFamily("condensenetv2", "CondenseNetV2", CondenseNetV2, CondenseNetV2Config,
+                                            PRESETS))
 
 
 def build_condensenetv2(cfg: Union[CondenseNetV2Config, str, dict], form: str = "train",
                         features_only: bool = False, **overrides) -> CondenseNetV2:
     """Any configuration: a preset name, a ``CondenseNetV2Config``, or a dict of its fields."""
-    if isinstance(cfg, str):
-        cfg = preset(cfg)
-    elif isinstance(cfg, dict):
-        cfg = CondenseNetV2Config.from_dict(cfg)
-    if overrides:
-        cfg = cfg.replace(**overrides)
-    return CondenseNetV2(cfg, form=form, features_only=features_only)
-
-
-def _register(name: str, form: str):
-    def builder(**kwargs):
-        features_only = kwargs.pop("features_only", False)
-        return CondenseNetV2(preset(name, **kwargs), form=form, features_only=features_only)
-
-    builder.__name__ = name
-    builder.__doc__ = f"CondenseNetV2 preset {name.replace('converted_', '')}, {form} form."
-    register_model(name, family="condensenetv2", form=form)(builder)
-
-
-for _name in ("cdnv2_a", "cdnv2_b", "cdnv2_c"):
-    _register(_name, "train")
-    _register("converted_" + _name, "converted")
+    return FAMILY.build(cfg, form=form, features_only=features_only, **overrides)

@@ -1,0 +1,408 @@
+"""Read PyTorch checkpoint files into numpy without torch and without running their pickle code.
+
+``torch.load`` unpickles whatever the file asks for, so a checkpoint downloaded from the internet can
+run arbitrary code. This reader understands the two formats ``torch.save`` writes — the zip format
+(torch >= 1.6: ``<archive>/data.pkl`` plus one ``<archive>/data/<key>`` record per storage) and the
+legacy format (magic number, protocol and system-info pickles, the object pickle, the storage keys,
+then each storage's raw bytes) — and rebuilds the object with only the globals a checkpoint needs:
+tensor rebuilders (tensors become numpy arrays, views/strides/offsets honoured), storage types,
+``OrderedDict``, ``argparse.Namespace`` (rebuilt as a plain ``SimpleNamespace``) and a few inert
+builtins. Any other global is refused with :class:`UnsafeCheckpointError` before anything runs.
+"""
+from __future__ import annotations
+
+import _compat_pickle
+import io
+import pickle
+import struct
+import tarfile
+import types
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from ..weights import WeightsError
+
+__all__ = ["load_torch_file", "TorchFileError", "UnsafeCheckpointError", "STORAGE_DTYPES"]
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+_BFLOAT16 = "bfloat16"  # numpy has no bfloat16: widened to float32 (exactly) when rebuilt
+
+# torch storage type name -> numpy dtype (little endian; byte order fixed up per file)
+STORAGE_DTYPES: Dict[str, Any] = {
+    "FloatStorage": np.dtype("<f4"), "DoubleStorage": np.dtype("<f8"), "HalfStorage": np.dtype("<f2"),
+    "BFloat16Storage": _BFLOAT16, "LongStorage": np.dtype("<i8"), "IntStorage": np.dtype("<i4"),
+    "ShortStorage": np.dtype("<i2"), "CharStorage": np.dtype("i1"), "ByteStorage": np.dtype("u1"),
+    "BoolStorage": np.dtype("?"), "ComplexFloatStorage": np.dtype("<c8"),
+    "ComplexDoubleStorage": np.dtype("<c16"), "UntypedStorage": np.dtype("u1"),
+}
+_TORCH_DTYPES = {"float32": "FloatStorage", "float": "FloatStorage", "float64": "DoubleStorage",
+                 "double": "DoubleStorage", "float16": "HalfStorage", "half": "HalfStorage",
+                 "bfloat16": "BFloat16Storage", "int64": "LongStorage", "long": "LongStorage",
+                 "int32": "IntStorage", "int": "IntStorage", "int16": "ShortStorage", "int8": "CharStorage",
+                 "uint8": "ByteStorage", "bool": "BoolStorage", "complex64": "ComplexFloatStorage",
+                 "complex128": "ComplexDoubleStorage"}
+
+
+class TorchFileError(WeightsError):
+    """A file that is not a readable torch checkpoint (truncated, corrupt, another format)."""
+
+
+class UnsafeCheckpointError(TorchFileError):
+    """The checkpoint asks for a Python global that a weights file never needs; nothing was run."""
+
+
+# --- placeholders built while unpickling, resolved to arrays once the storage bytes are known ----
+class _StorageType:
+    """Stands for ``torch.<X>Storage``: only carries the element type."""
+
+    __slots__ = ("name", "dtype")
+
+    def __init__(self, name):
+        self.name, self.dtype = name, STORAGE_DTYPES[name]
+
+
+class _TorchDtype:
+    """Stands for ``torch.float32`` & co. (appear in some checkpoints and in ``_rebuild_tensor_v3``)."""
+
+    __slots__ = ("name", "storage")
+
+    def __init__(self, name, storage_name):
+        self.name, self.storage = name, storage_name
+
+
+class _Storage:
+    __slots__ = ("key", "dtype", "numel", "data")
+
+    def __init__(self, key, dtype, numel):
+        self.key, self.dtype, self.numel, self.data = key, dtype, numel, None
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("BUILD on a storage")
+
+
+class _TensorRef:
+    __slots__ = ("storage", "offset", "size", "stride", "dtype")
+
+    def __init__(self, storage, offset, size, stride, dtype=None):
+        self.storage, self.offset, self.size, self.stride, self.dtype = storage, offset, size, stride, dtype
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("BUILD on a tensor")
+
+
+class _TypeMarker:
+    """Stands for ``torch.Tensor`` / ``torch.nn.Parameter`` in ``_rebuild_from_type_v2``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+
+def _ints(value, what):
+    if not isinstance(value, (tuple, list)) or not all(type(v) is int for v in value):
+        raise pickle.UnpicklingError(f"tensor {what} must be a tuple of ints, got {value!r:.80}")
+    return tuple(value)
+
+
+def _rebuild_tensor(storage, storage_offset, size, stride, *_ignored):
+    if not isinstance(storage, _Storage) or type(storage_offset) is not int:
+        raise pickle.UnpicklingError("malformed tensor record")
+    size, stride = _ints(size, "size"), _ints(stride, "stride")
+    if len(size) != len(stride) or storage_offset < 0 or any(s < 0 for s in size + stride):
+        raise pickle.UnpicklingError(f"malformed tensor record: size {size}, stride {stride}, offset {storage_offset}")
+    return _TensorRef(storage, storage_offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype, *_ignored):
+    ref = _rebuild_tensor(storage, storage_offset, size, stride)
+    if isinstance(dtype, _TorchDtype):
+        ref.dtype = STORAGE_DTYPES[dtype.storage]
+    return ref
+
+
+def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *_state):
+    if not isinstance(data, _TensorRef):
+        raise pickle.UnpicklingError("a parameter must wrap a tensor")
+    return data
+
+
+def _rebuild_from_type_v2(func, new_type, args, state):
+    if not isinstance(new_type, _TypeMarker) or func not in (_rebuild_tensor, _rebuild_tensor_v3, _rebuild_parameter):
+        raise pickle.UnpicklingError("unsupported tensor subclass record")
+    return func(*args)
+
+
+def _torch_device(*args):
+    return str(args[0]) if args else "cpu"
+
+
+def _codecs_encode(text, encoding="latin1"):
+    """Protocol-2 pickles store ``bytes`` as ``_codecs.encode(str, 'latin1')``; nothing else is allowed."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("unexpected _codecs.encode call")
+    return text.encode("latin1")
+
+
+def _allowed_globals() -> Dict[tuple, Any]:
+    g: Dict[tuple, Any] = {
+        ("collections", "OrderedDict"): OrderedDict,
+        ("argparse", "Namespace"): types.SimpleNamespace,
+        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
+        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
+        ("torch", "Tensor"): _TypeMarker("Tensor"),
+        ("torch.nn.parameter", "Parameter"): _TypeMarker("Parameter"),
+        ("torch", "device"): _torch_device,
+        ("torch", "Size"): tuple,
+        ("_codecs", "encode"): _codecs_encode,
+        ("builtins", "set"): set, ("builtins", "frozenset"): frozenset, ("builtins", "slice"): slice,
+        ("builtins", "complex"): complex,
+    }
+    for name in STORAGE_DTYPES:
+        g[("torch", name)] = g[("torch.cuda", name)] = _StorageType(name)
+    g[("torch.storage", "UntypedStorage")] = g[("torch", "UntypedStorage")]
+    for name, storage in _TORCH_DTYPES.items():
+        g[("torch", name)] = _TorchDtype(name, storage)
+    # numpy scalars/arrays (metrics saved as numpy values); object arrays only hold already-vetted objects
+    from ..weights import _NUMPY_GLOBALS
+
+    for module, name in _NUMPY_GLOBALS:
+        g[(module, name)] = None  # resolved through the normal import (numpy is trusted)
+    return g
+
+
+_ALLOWED = _allowed_globals()
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, file, path, storages: Optional[Dict[str, _Storage]] = None, legacy=False):
+        super().__init__(file)
+        self._path, self._storages, self._legacy = path, storages, legacy
+
+    def find_class(self, module, name):
+        # protocol-2 pickles written by Python 3 use Python 2 names (builtins -> __builtin__, ...)
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
+        key = (module, name)
+        if key not in _ALLOWED:
+            hint = ""
+            if module.startswith(("torch.nn", "__main__", "__torch__")):
+                hint = " (a pickled model or custom object: save model.state_dict() instead)"
+            raise UnsafeCheckpointError(
+                f"{self._path}: refusing to load: the file asks for the Python global {module}.{name}, which a "
+                f"checkpoint of weights never needs{hint}; nothing from the file was run")
+        value = _ALLOWED[key]
+        return super().find_class(module, name) if value is None else value
+
+    def persistent_load(self, pid):
+        if self._storages is None:
+            raise pickle.UnpicklingError("unexpected storage reference")
+        if not isinstance(pid, tuple) or not pid or pid[0] not in ("storage", b"storage"):
+            raise pickle.UnpicklingError(f"unsupported persistent id {str(pid)[:60]}")
+        if len(pid) == 5 and not self._legacy:
+            _, stype, key, _location, numel = pid
+            view = None
+        elif len(pid) == 6 and self._legacy:
+            _, stype, key, _location, numel, view = pid
+        else:
+            raise pickle.UnpicklingError(f"malformed storage reference {str(pid)[:80]}")
+        if not isinstance(stype, _StorageType) or not isinstance(key, str) or type(numel) is not int or numel < 0:
+            raise pickle.UnpicklingError(f"malformed storage reference {str(pid)[:80]}")
+        storage = self._storages.get(key)
+        if storage is None:
+            storage = self._storages[key] = _Storage(key, stype.dtype, numel)
+        if view is not None:  # legacy storage views: (view_key, element offset, size)
+            view_key, offset, size = view
+            root = storage
+            storage = self._storages.get(view_key)
+            if storage is None:
+                storage = self._storages[view_key] = _Storage(view_key, stype.dtype, size)
+                storage.data = (root, offset)
+        return storage
+
+
+# --- resolving placeholders ----------------------------------------------------------------
+def _element_dtype(dtype):
+    return np.dtype("<u2") if dtype == _BFLOAT16 else dtype
+
+
+def _tensor_array(ref: _TensorRef, path) -> np.ndarray:
+    flat = ref.storage.data
+    if not isinstance(flat, np.ndarray):
+        raise TorchFileError(f"{path}: storage {ref.storage.key!r} has no data (corrupt file)")
+    if ref.dtype is not None and _element_dtype(ref.dtype) != flat.dtype:
+        flat = flat.view(_element_dtype(ref.dtype))
+    if any(s == 0 for s in ref.size):
+        arr = np.zeros(ref.size, flat.dtype)
+    else:
+        last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+        if last >= flat.size:
+            raise TorchFileError(f"{path}: a tensor of shape {list(ref.size)} reaches past the end of storage "
+                                 f"{ref.storage.key!r} ({flat.size} elements): corrupt file")
+        item = flat.dtype.itemsize
+        arr = np.lib.stride_tricks.as_strided(flat[ref.offset:], ref.size, [s * item for s in ref.stride])
+    arr = np.array(arr, dtype=flat.dtype.newbyteorder("="), copy=True)
+    if (ref.dtype or ref.storage.dtype) == _BFLOAT16:
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr
+
+
+def _resolve(obj, path, seen=None):
+    """Replace every tensor placeholder by its array, in place where containers are mutable."""
+    if isinstance(obj, _TensorRef):
+        return _tensor_array(obj, path)
+    if isinstance(obj, _TorchDtype):
+        return f"torch.{obj.name}"
+    if isinstance(obj, (_Storage, _StorageType, _TypeMarker)):
+        raise TorchFileError(f"{path}: holds a bare torch storage or type object; expected tensors in a checkpoint")
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return obj
+    if isinstance(obj, dict):
+        seen.add(id(obj))
+        for k in list(obj):
+            obj[k] = _resolve(obj[k], path, seen)
+    elif isinstance(obj, list):
+        seen.add(id(obj))
+        obj[:] = [_resolve(v, path, seen) for v in obj]
+    elif isinstance(obj, tuple):
+        return tuple(_resolve(v, path, seen) for v in obj)
+    elif isinstance(obj, types.SimpleNamespace):
+        seen.add(id(obj))
+        for k, v in vars(obj).items():
+            setattr(obj, k, _resolve(v, path, seen))
+    elif isinstance(obj, np.ndarray) and obj.dtype == object:
+        seen.add(id(obj))
+        for i, v in np.ndenumerate(obj):
+            obj[i] = _resolve(v, path, seen)
+    return obj
+
+
+def _fill(storage: _Storage, raw: bytes, byteorder: str, path):
+    dtype = _element_dtype(storage.dtype)
+    if byteorder == "big":
+        dtype = dtype.newbyteorder(">")
+    need = storage.numel * dtype.itemsize
+    if len(raw) < need:
+        raise TorchFileError(f"{path}: storage {storage.key!r} holds {len(raw)} bytes, needs {need}: "
+                             f"truncated or corrupt file")
+    storage.data = np.frombuffer(raw, dtype=dtype, count=storage.numel)
+
+
+# --- the two formats ----------------------------------------------------------------------
+def _load_zip(path, zf: zipfile.ZipFile):
+    names = zf.namelist()
+    pkl = [n for n in names if n == "data.pkl" or n.endswith("/data.pkl")]
+    if not pkl:
+        raise TorchFileError(f"{path}: a zip file but not a torch checkpoint (no data.pkl record)")
+    prefix = pkl[0][: -len("data.pkl")]
+    if any(n.startswith(prefix + "code/") for n in names) or prefix + "constants.pkl" in names:
+        raise TorchFileError(f"{path}: a TorchScript archive (torch.jit.save), not a checkpoint; "
+                             f"save the model's state_dict() with torch.save instead")
+    byteorder = "little"
+    if prefix + "byteorder" in names:
+        byteorder = zf.read(prefix + "byteorder").decode("ascii", "replace").strip()
+    storages: Dict[str, _Storage] = {}
+    obj = _RestrictedUnpickler(io.BytesIO(zf.read(pkl[0])), path, storages).load()
+    records = set(names)
+    for storage in _progress(storages.values(), path):
+        name = f"{prefix}data/{storage.key}"
+        if name not in records:
+            raise TorchFileError(f"{path}: storage record {name!r} is missing: truncated or corrupt file")
+        _fill(storage, zf.read(name), byteorder, path)
+    return obj
+
+
+def _load_legacy(path, f):
+    def small():  # the header pickles hold plain data only: no global is allowed at all
+        return _RestrictedUnpickler(f, path).load()
+
+    if small() != _LEGACY_MAGIC:
+        raise TorchFileError(f"{path}: not a torch checkpoint (a pickle without torch's magic number; "
+                             f"a Paddle .pdparams or another pickle?)")
+    protocol = small()
+    if protocol != _LEGACY_PROTOCOL:
+        raise TorchFileError(f"{path}: unsupported legacy torch protocol {protocol!r}")
+    small()  # sys_info: irrelevant, legacy sizes and data are always written little-endian
+    storages: Dict[str, _Storage] = {}
+    obj = _RestrictedUnpickler(f, path, storages, legacy=True).load()
+    keys = small()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise TorchFileError(f"{path}: malformed storage key list")
+    for key in _progress(keys, path):
+        storage = storages.get(key)
+        if storage is None:
+            raise TorchFileError(f"{path}: storage {key!r} is not used by any tensor: corrupt file")
+        header = f.read(8)
+        if len(header) != 8:
+            raise TorchFileError(f"{path}: ends before storage {key!r}: truncated file")
+        (numel,) = struct.unpack("<q", header)
+        if numel != storage.numel:
+            raise TorchFileError(f"{path}: storage {key!r} has {numel} elements, expected {storage.numel}")
+        itemsize = _element_dtype(storage.dtype).itemsize
+        _fill(storage, f.read(numel * itemsize), "little", path)
+    for storage in storages.values():  # legacy views share their root's bytes
+        if isinstance(storage.data, tuple):
+            root, offset = storage.data
+            if not isinstance(root.data, np.ndarray) or offset + storage.numel > root.data.size:
+                raise TorchFileError(f"{path}: storage view {storage.key!r} is out of range: corrupt file")
+            storage.data = root.data[offset: offset + storage.numel]
+    return obj
+
+
+def _progress(items, path):
+    items = list(items)
+    if len(items) < 200:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=f"reading {Path(path).name}", unit="tensor", leave=False, disable=None)
+
+
+def load_torch_file(path) -> Any:
+    """A ``torch.save`` file as Python objects with numpy arrays in place of tensors, torch not needed.
+
+    Raises :class:`UnsafeCheckpointError` when the file asks for any global outside the checkpoint
+    allow-list, :class:`TorchFileError` for truncated, corrupt or non-checkpoint files.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TorchFileError(f"{path}: no such file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(0)
+            if not head:
+                raise TorchFileError(f"{path}: empty file")
+            if head.startswith(b"PK"):
+                try:
+                    zf = zipfile.ZipFile(f)
+                except zipfile.BadZipFile as e:
+                    raise TorchFileError(f"{path}: a damaged zip archive ({e}): truncated or corrupt file") from None
+                with zf:
+                    obj = _load_zip(path, zf)
+            elif head[:1] == b"\x80":
+                obj = _load_legacy(path, f)
+            elif tarfile.is_tarfile(path):
+                raise TorchFileError(f"{path}: the tar format of torch < 0.4 is not supported; "
+                                     f"load and re-save it with a recent torch")
+            else:
+                raise TorchFileError(f"{path}: not a torch checkpoint (starts with {head!r})")
+        return _resolve(obj, path)
+    except TorchFileError:
+        raise
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError, AttributeError,
+            struct.error, zipfile.BadZipFile, OverflowError, MemoryError, UnicodeDecodeError, RecursionError) as e:
+        raise TorchFileError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e}); "
+                             f"truncated or corrupt?") from None

@@ -1,0 +1,181 @@
+"""Image transforms with PIL and numpy, CHW float32 out.
+
+Evaluation follows the official ``convert_and_eval.py`` exactly: torchvision's
+``Resize(256, BICUBIC | BILINEAR) → CenterCrop(224) → ToTensor → Normalize`` re-done with the same
+PIL calls and the same float32 arithmetic (shorter side to ``resize`` with the longer side truncated
+to int, crop offsets rounded half-to-even as Python's ``round``, /255, then (x - mean) / std), so the
+tensors are equal to torchvision's, not merely close.
+
+Training randomness comes from a ``numpy.random.Generator`` passed in per sample (see
+``ppcdnv2.data.datasets``), never from global state, so augmentation is reproducible for any
+number of loader workers or devices and after ``--resume``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image, ImageEnhance
+
+INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+
+
+def _interp(name):
+    try:
+        return INTERPOLATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown interpolation {name!r}; expected one of {sorted(INTERPOLATIONS)}") from None
+
+
+def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+    """Shorter side to ``size``, aspect kept, longer side ``int(size * long / short)`` (torchvision's rule)."""
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), _interp(interpolation))
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    if w < size or h < size:  # pad with black like torchvision, then crop
+        canvas = Image.new(img.mode, (max(w, size), max(h, size)))
+        canvas.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
+        img, (w, h) = canvas, canvas.size
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_chw_float(img, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """HWC uint8 (PIL image or array) → CHW float32, /255 then (x - mean) / std in float32."""
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    x = arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255)
+    m = np.asarray(mean, np.float32)[:, None, None]
+    s = np.asarray(std, np.float32)[:, None, None]
+    return (x - m) / s
+
+
+class EvalTransform:
+    """Official evaluation preprocessing: resize shorter side, center crop, [0, 1], normalise."""
+
+    def __init__(self, resize: int = 256, crop: int = 224, interpolation: str = "bicubic",
+                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+        _interp(interpolation)
+        self.resize, self.crop, self.interpolation = resize, crop, interpolation
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(self, img: Image.Image, rng=None) -> np.ndarray:
+        img = center_crop(resize_shorter(img, self.resize, self.interpolation), self.crop)
+        return to_chw_float(img, self.mean, self.std)
+
+
+def random_resized_crop_box(w: int, h: int, rng: np.random.Generator, scale=(0.08, 1.0),
+                            ratio=(3 / 4, 4 / 3)):
+    """(left, top, width, height) of an Inception-style random crop (10 tries, then a center crop)."""
+    area = w * h
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(*log_ratio))
+        cw = int(round(math.sqrt(target * aspect)))
+        ch = int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
+    in_ratio = w / h
+    if in_ratio < min(ratio):
+        cw, ch = w, int(round(w / min(ratio)))
+    elif in_ratio > max(ratio):
+        ch, cw = h, int(round(h * max(ratio)))
+    else:
+        cw, ch = w, h
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+
+def _color_jitter(img: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
+    ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
+    for i in rng.permutation(len(ops)):
+        img = ops[i](img).enhance(float(rng.uniform(max(0.0, 1 - strength), 1 + strength)))
+    return img
+
+
+def random_erase(x: np.ndarray, rng: np.random.Generator, prob: float, scale=(0.02, 1 / 3),
+                 ratio=(0.3, 3.3)) -> np.ndarray:
+    """Random erasing, per-pixel normal noise in a random box (timm's ``remode='pixel'``), on the normalised tensor."""
+    if prob <= 0 or rng.random() >= prob:
+        return x
+    c, h, w = x.shape
+    area = h * w
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        eh = int(round(math.sqrt(target * aspect)))
+        ew = int(round(math.sqrt(target / aspect)))
+        if 0 < ew < w and 0 < eh < h:
+            top, left = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
+            x = x.copy()
+            x[:, top:top + eh, left:left + ew] = rng.standard_normal((c, eh, ew), dtype=np.float32)
+            return x
+    return x
+
+
+class TrainTransform:
+    """ImageNet-style training augmentation: random-resized crop, flip, RandAugment or colour jitter, erasing."""
+
+    def __init__(self, size: int = 224, scale=(0.08, 1.0), ratio=(0.75, 4 / 3), interpolation: str = "random",
+                 hflip: float = 0.5, color_jitter: float = 0.0, auto_augment: Optional[str] = None,
+                 reprob: float = 0.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+        from .autoaugment import RandAugment
+
+        if interpolation != "random":
+            _interp(interpolation)
+        self.size, self.scale, self.ratio = size, tuple(scale), tuple(ratio)
+        self.interpolation, self.hflip, self.color_jitter = interpolation, hflip, color_jitter
+        self.rand_augment = RandAugment.from_string(auto_augment, mean) if auto_augment else None
+        self.reprob, self.mean, self.std = reprob, tuple(mean), tuple(std)
+
+    def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
+        left, top, cw, ch = random_resized_crop_box(img.size[0], img.size[1], rng, self.scale, self.ratio)
+        interp = self.interpolation
+        if interp == "random":
+            interp = ("bilinear", "bicubic")[int(rng.integers(0, 2))]
+        img = img.resize((self.size, self.size), _interp(interp), box=(left, top, left + cw, top + ch))
+        if self.hflip > 0 and rng.random() < self.hflip:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        if self.rand_augment is not None:
+            img = self.rand_augment(img, rng)
+        elif self.color_jitter > 0:
+            img = _color_jitter(img, self.color_jitter, rng)
+        return random_erase(to_chw_float(img, self.mean, self.std), rng, self.reprob)
+
+
+class ArrayTrainTransform:
+    """Small-image training augmentation on HWC uint8 arrays (CIFAR, digits): pad-and-crop, flip."""
+
+    def __init__(self, pad: int = 4, hflip: float = 0.5, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                 reprob: float = 0.0):
+        self.pad, self.hflip, self.mean, self.std, self.reprob = pad, hflip, tuple(mean), tuple(std), reprob
+
+    def __call__(self, arr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = arr.shape[:2]
+        if self.pad > 0:
+            padded = np.pad(arr, ((self.pad, self.pad), (self.pad, self.pad), (0, 0)))
+            top, left = int(rng.integers(0, 2 * self.pad + 1)), int(rng.integers(0, 2 * self.pad + 1))
+            arr = padded[top:top + h, left:left + w]
+        if self.hflip > 0 and rng.random() < self.hflip:
+            arr = arr[:, ::-1]
+        return random_erase(to_chw_float(np.ascontiguousarray(arr), self.mean, self.std), rng, self.reprob)
+
+
+class ArrayEvalTransform:
+    def __init__(self, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __call__(self, arr: np.ndarray, rng=None) -> np.ndarray:
+        return to_chw_float(arr, self.mean, self.std)

@@ -1,0 +1,131 @@
+"""Images → top-k labels with probabilities, for any predictor of ``ppcdnv2.deploy.predictor``.
+
+Preprocessing is upstream's evaluation transform (``ppcdnv2.data.transforms.EvalTransform``:
+shorter side to 256, bicubic for A/B and bilinear for C, center crop 224, ImageNet mean/std).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif")
+_CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")
+
+
+@lru_cache(maxsize=None)
+def _read_labels(path: str) -> Tuple[str, ...]:
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise FileNotFoundError(f"cannot read labels file {path}: {e}") from None
+    return tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def imagenet_classes() -> Tuple[str, ...]:
+    """The 1000 ImageNet-1k class names shipped with the package, index order."""
+    names = _read_labels(str(_CLASSES_FILE))
+    if len(names) != 1000:
+        raise RuntimeError(f"{_CLASSES_FILE} holds {len(names)} names, expected 1000")
+    return names
+
+
+def load_labels(path=None, num_classes: Optional[int] = None) -> Optional[Tuple[str, ...]]:
+    """Names from a file (one per line, '#' comments); without a file the ImageNet names for 1000 classes."""
+    if path is None:
+        return imagenet_classes() if num_classes == 1000 else None
+    names = _read_labels(str(path))
+    if num_classes is not None and len(names) != num_classes:
+        raise ValueError(f"labels file {path} has {len(names)} names but the model has {num_classes} classes")
+    return names
+
+
+def iter_images(inputs: Iterable) -> Iterator[Path]:
+    """Files as given, folders expanded (recursively, sorted) to their image files."""
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under folder {p}")
+            yield from found
+        elif p.is_file():
+            yield p
+        else:
+            raise FileNotFoundError(f"no such image file or folder: {p}")
+
+
+def eval_transform(preprocess):
+    from ..data.transforms import EvalTransform
+
+    return EvalTransform(preprocess.resize, preprocess.crop, preprocess.interpolation,
+                         preprocess.mean, preprocess.std)
+
+
+def load_image(path, transform) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return transform(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: List[Tuple[int, str, float]]  # (class index, name, probability), best first
+
+    def to_dict(self):
+        return {"image": self.path,
+                "top": [{"class": i, "label": name, "prob": p} for i, name, p in self.top]}
+
+
+def topk(logits: np.ndarray, k: int = 5, labels: Optional[Sequence[str]] = None) -> List[List[Tuple[int, str, float]]]:
+    """Per row: the ``k`` most probable classes as (index, name, softmax probability)."""
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    k = min(k, probs.shape[1])
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(int(i), labels[i] if labels is not None else str(int(i)), float(row[i])) for i in idx]
+            for row, idx in zip(probs, order)]
+
+
+def classify(predictor, images: Iterable, k: int = 5, batch_size: int = 8, labels=None,
+             preprocess=None, progress: bool = False) -> List[Prediction]:
+    """Top-``k`` predictions for image files/folders, ``batch_size`` images per forward pass."""
+    from .export import Preprocess
+
+    meta = getattr(predictor, "meta", None)
+    preprocess = preprocess or (meta.preprocess if meta else Preprocess())
+    transform = eval_transform(preprocess)
+    paths = list(iter_images(images))
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="img", desc="classify")
+    results = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        x = np.stack([load_image(p, transform) for p in chunk])
+        logits = predictor(x)
+        if labels is not None and len(labels) != logits.shape[1]:
+            raise ValueError(f"{len(labels)} labels given but the model has {logits.shape[1]} classes")
+        if labels is None and (meta is None or meta.labels == "imagenet"):
+            labels = load_labels(None, logits.shape[1])  # ImageNet names for 1000 classes, else indexes
+        results += [Prediction(str(p), top) for p, top in zip(chunk, topk(logits, k, labels))]
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return results

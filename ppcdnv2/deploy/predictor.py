@@ -1,0 +1,250 @@
+"""Run a deployed model: Paddle Inference (CPU, oneDNN or GPU), onnxruntime, or the dygraph model.
+
+Every predictor is a callable ``float32 [N, 3, H, W] numpy → logits [N, classes] numpy`` with a
+``meta`` (``ExportMeta`` or None) so callers do not care which engine runs. ``load_predictor`` picks
+one from a path: an export prefix / ``.json`` / ``.pdmodel`` / ``.pdiparams``, an ``.onnx`` file,
+or a weights file (``.pdparams``/``.safetensors``/official ``.pth``) plus a model name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from .export import META_SUFFIX, ExportError, ExportMeta, Preprocess, find_exported
+
+BACKENDS = ("paddle", "onednn", "onnx", "dygraph")
+WEIGHT_SUFFIXES = (".pdparams", ".safetensors", ".pth", ".pt", ".tar")
+
+
+def set_threads(n: int) -> None:
+    """Math-library threads for Paddle dygraph (Paddle leaves OMP_NUM_THREADS at 1 unless told)."""
+    from paddle.base import core
+
+    core.set_num_threads(int(n))
+
+
+def gpu_available() -> bool:
+    import paddle
+
+    return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+
+def _check_input(x) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"expected a float32 batch [N, 3, H, W], got shape {list(x.shape)}")
+    return x
+
+
+class PaddlePredictor:
+    """Paddle Inference on exported files; ``device="gpu"`` needs a CUDA build, ``onednn`` is CPU only."""
+
+    def __init__(self, path, device: str = "cpu", threads: int = 2, onednn: bool = False,
+                 meta: Optional[ExportMeta] = None):
+        from paddle import inference
+
+        files = find_exported(path)
+        self.meta = meta or (ExportMeta.load(files.meta_file) if files.meta_file else None)
+        config = inference.Config(str(files.model_file), str(files.params_file))
+        if device == "gpu":
+            if not gpu_available():
+                raise RuntimeError("device='gpu' but this Paddle has no CUDA device")
+            config.enable_use_gpu(256, 0)
+        elif device == "cpu":
+            config.disable_gpu()
+            config.set_cpu_math_library_num_threads(int(threads))
+            if onednn:
+                config.enable_onednn()
+            else:
+                config.disable_onednn()
+        else:
+            raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+        config.switch_ir_optim(True)
+        config.disable_glog_info()
+        self.name = f"paddle-inference-{device}" + ("-onednn" if onednn and device == "cpu" else "")
+        self._predictor = inference.create_predictor(config)
+        self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
+        self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
+
+    def clone(self) -> "PaddlePredictor":
+        """A predictor sharing the loaded weights, for another thread (Paddle Inference's ``clone``)."""
+        twin = object.__new__(PaddlePredictor)
+        twin.meta, twin.name = self.meta, self.name
+        twin._predictor = self._predictor.clone()
+        twin._input = twin._predictor.get_input_handle(twin._predictor.get_input_names()[0])
+        twin._output = twin._predictor.get_output_handle(twin._predictor.get_output_names()[0])
+        return twin
+
+    def __call__(self, x) -> np.ndarray:
+        x = _check_input(x)
+        self._input.reshape(list(x.shape))
+        self._input.copy_from_cpu(x)
+        self._predictor.run()
+        return self._output.copy_to_cpu()
+
+
+class OnnxPredictor:
+    """onnxruntime on an exported ``.onnx`` (CPU execution provider unless CUDA is asked for and present)."""
+
+    def __init__(self, path, threads: int = 2, device: str = "cpu", meta: Optional[ExportMeta] = None):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeError("the onnx backend needs onnxruntime: pip install onnxruntime") from None
+        path = Path(path)
+        if not path.is_file():
+            raise ExportError(f"{path}: no such ONNX file")
+        meta_file = path.with_suffix(META_SUFFIX)
+        self.meta = meta or (ExportMeta.load(meta_file) if meta_file.is_file() else None)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device == "gpu":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise RuntimeError("device='gpu' but onnxruntime has no CUDAExecutionProvider")
+            providers.insert(0, "CUDAExecutionProvider")
+        self.name = f"onnxruntime-{device}"
+        self._session = ort.InferenceSession(str(path), opts, providers=providers)
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, x) -> np.ndarray:
+        return self._session.run(None, {self._input: _check_input(x)})[0]
+
+
+class DygraphPredictor:
+    """The Paddle model itself (eval mode, no grad): the reference the exports are checked against."""
+
+    def __init__(self, model, meta: Optional[ExportMeta] = None):
+        self.model, self.meta, self.name = model.eval(), meta, "paddle-dygraph"
+
+    def __call__(self, x) -> np.ndarray:
+        import paddle
+
+        with paddle.no_grad():
+            return self.model(paddle.to_tensor(_check_input(x))).numpy()
+
+
+class ParallelPredictor:
+    """Split each batch over ``len(predictors)`` threads, one predictor (one math thread) each.
+
+    Paddle parallelises little inside an op on CPU (only its BLAS calls, which are small here), but
+    its kernels release the GIL, so halves of a batch on two threads run truly concurrently: on 2
+    cores this nearly doubles batch throughput. Batches of one go to the first predictor alone.
+    """
+
+    def __init__(self, predictors):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.predictors = list(predictors)
+        first = self.predictors[0]
+        self.meta = getattr(first, "meta", None)
+        self.name = f"{first.name}-x{len(self.predictors)}"
+        self._pool = ThreadPoolExecutor(max_workers=len(self.predictors), thread_name_prefix="ppcdnv2-infer")
+
+    def __call__(self, x) -> np.ndarray:
+        x = _check_input(x)
+        if len(x) < 2 or len(self.predictors) == 1:
+            return self.predictors[0](x)
+        chunks = [c for c in np.array_split(x, min(len(x), len(self.predictors))) if len(c)]
+        futures = [self._pool.submit(p, c) for p, c in zip(self.predictors, chunks)]
+        return np.concatenate([f.result() for f in futures])
+
+    def close(self):
+        self._pool.shutdown(wait=True)
+
+
+def parallel(predictor, workers: int):
+    """``predictor`` run on ``workers`` threads (clones for Paddle Inference, shared model for dygraph)."""
+    if workers <= 1:
+        return predictor
+    if isinstance(predictor, PaddlePredictor):
+        return ParallelPredictor([predictor] + [predictor.clone() for _ in range(workers - 1)])
+    if isinstance(predictor, DygraphPredictor):
+        return ParallelPredictor([predictor] * workers)
+    raise TypeError(f"{type(predictor).__name__} cannot run on worker threads")
+
+
+def _is_training_form(state) -> bool:
+    return any(k.endswith("_mask") for k in state)
+
+
+def load_converted_model(name: str, weights=None):
+    """The converted (condensed) form of model ``name`` with ``weights``, condensing training-form weights.
+
+    ``name`` is a registry name in either form (``cdnv2_c`` or ``converted_cdnv2_c``); the class count
+    follows the weights' classifier. Official torch checkpoints of either form are accepted too.
+    """
+    import ppcdnv2
+    from ppcdnv2.models.registry import model_entry
+    from ppcdnv2.weights import load_state_dict, read_weights
+
+    base = name[len("converted_"):] if name.startswith("converted_") else name
+    converted = "converted_" + base
+    model_entry(converted)  # clear KeyError for unknown names
+    if weights is None:
+        return ppcdnv2.create_model(converted).eval()
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if not path.name.endswith((".pdparams", ".safetensors")):  # official torch file: the converter condenses
+        return ppcdnv2.create_model(converted, pretrained=str(path)).eval()
+    state = read_weights(path)
+    overrides = {}
+    for key in ("classifier.weight", "classifier.linear.weight"):  # V2 / V1's CondenseLinear; Paddle: [in, out]
+        if key in state:
+            overrides["num_classes"] = int(np.asarray(state[key]).shape[1])
+    if _is_training_form(state):
+        model = ppcdnv2.create_model(base, **overrides)
+        load_state_dict(model, state, where=str(path))
+        return ppcdnv2.condense(model).eval()
+    model = ppcdnv2.create_model(converted, **overrides)
+    load_state_dict(model, state, where=str(path))
+    return model.eval()
+
+
+def default_meta(name: str, model) -> ExportMeta:
+    cfg = getattr(model, "cfg", None)
+    num_classes = int(getattr(cfg, "num_classes", 1000))
+    input_size = int(getattr(cfg, "input_size", 224))
+    return ExportMeta(model=name, num_classes=num_classes, input_size=input_size,
+                      preprocess=Preprocess.for_model(name, input_size),
+                      labels="imagenet" if num_classes == 1000 else None)
+
+
+def load_predictor(path, model_name: Optional[str] = None, backend: Optional[str] = None,
+                   device: str = "cpu", threads: int = 2, workers: int = 1):
+    """A predictor for ``path``; ``backend`` defaults from the file (export → paddle, .onnx → onnx).
+
+    ``workers`` > 1 (Paddle backends) splits batches over that many threads, each with
+    ``threads // workers`` math threads (see ``ParallelPredictor``); onnxruntime parallelises its ops itself.
+    """
+    p = Path(path)
+    is_weights = p.name.endswith(WEIGHT_SUFFIXES)
+    if backend is None:
+        backend = "dygraph" if is_weights else "onnx" if p.suffix == ".onnx" else "paddle"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if is_weights != (backend == "dygraph"):
+        raise ValueError(f"{path}: backend {backend!r} does not run "
+                         f"{'a weights file' if is_weights else 'an exported model'}")
+    if workers > 1 and backend == "onnx":
+        raise ValueError("workers > 1 is for the Paddle backends; onnxruntime uses its own threads")
+    threads = max(1, threads // max(1, workers))
+    if backend == "dygraph":
+        if not model_name:
+            raise ValueError(f"{path}: a weights file needs the model name (e.g. cdnv2_c)")
+        set_threads(threads)
+        if device == "gpu":
+            import paddle
+
+            paddle.set_device("gpu")
+        model = load_converted_model(model_name, p)
+        predictor = DygraphPredictor(model, default_meta(model_name, model))
+    elif backend == "onnx":
+        return OnnxPredictor(p, threads=threads, device=device)
+    else:
+        predictor = PaddlePredictor(p, device=device, threads=threads, onednn=backend == "onednn")
+    return parallel(predictor, workers)

@@ -1,0 +1,61 @@
+"""``tools/eval.py``: accuracy and loss of any weights we read, on the data a config describes.
+
+Weights: a training checkpoint (EMA or raw), our ``.pdparams``/``.safetensors`` of either form, or an
+official ``.pth`` (converted on the fly). Training-form weights are evaluated as they are or, with
+``--form converted``, condensed first. The configuration comes from ``-c`` (with ``-o`` overrides),
+or from the training checkpoint itself.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from ..weights import WeightsError, atomic_write
+from .build import load_model, model_config
+from .config import load_config
+
+
+def run_eval(weights: str, config: Optional[str] = None, overrides: Sequence[str] = (), form: str = "auto",
+             which: str = "ema", skip_bad: bool = False, batch_size: Optional[int] = None,
+             json_out: Optional[str] = None, progress_bar: bool = True, printer=print) -> Dict[str, Any]:
+    import paddle
+
+    from ..data import EvalBatchSampler, build_dataset, build_loader
+    from ..flops import count_flops
+    from .checkpoint import CheckpointError, read_checkpoint
+    from .evaluate import evaluate
+
+    base = None
+    if not config:
+        try:
+            base = read_checkpoint(weights).meta["config"]
+        except CheckpointError:
+            raise WeightsError(f"{weights}: not a training checkpoint, so give the data and model config with -c") from None
+    cfg = load_config(config, overrides, base=base)
+    if skip_bad:
+        cfg["data"]["skip_bad"] = True
+    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    paddle.set_device("gpu" if has_gpu and cfg["train"]["device"] != "cpu" else "cpu")
+
+    ds = build_dataset(cfg["data"], train=False, seed=cfg["train"]["seed"])
+    mcfg = model_config(cfg["model"], num_classes=ds.num_classes)
+    if ds.num_classes > mcfg.num_classes:
+        raise WeightsError(f"the data has {ds.num_classes} classes but the model only {mcfg.num_classes}")
+    model, source = load_model(weights, mcfg, form, which)
+    model.eval()
+    fl = count_flops(mcfg, model.form, input_size=cfg["data"]["image_size"])
+    printer(f"{weights}: {source}-form weights evaluated in {model.form} form; "
+            f"{fl.flops / 1e6:.2f} MFLOPs at {cfg['data']['image_size']}px, {fl.params / 1e6:.3f} M params")
+    loader = build_loader(ds, EvalBatchSampler(len(ds), batch_size or cfg["eval"]["batch_size"]),
+                          cfg["data"]["num_workers"])
+    res = evaluate(model, loader, ds, desc="eval", progress_bar=progress_bar)
+    printer(f"{cfg['data']['dataset']} ({len(ds)} images): {res}")
+    for name in res.skipped:
+        printer(f"  skipped unreadable image: {name}")
+    report = {"weights": str(weights), "source_form": source, "form": model.form, "top1": res.top1,
+              "top5": res.top5, "loss": res.loss, "count": res.count, "skipped": res.skipped,
+              "mflops": fl.flops / 1e6, "mparams": fl.params / 1e6}
+    if json_out:
+        atomic_write(json_out, lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2)))
+    return report
