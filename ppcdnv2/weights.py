@@ -102,7 +102,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 
 
 # ``paddle.save`` of a Layer's state dict adds this table of structured -> parameter names; not a weight.
-_PADDLE_NAME_TABLE = "StructuredToParameterName@@"
+PADDLE_NAME_TABLE = "StructuredToParameterName@@"
 
 
 def read_paddle_weights(path) -> Dict[str, np.ndarray]:
@@ -121,7 +121,7 @@ def read_paddle_weights(path) -> Dict[str, np.ndarray]:
         raise WeightsError(f"{path}: expected a dict of name -> array, got {type(obj).__name__}")
     out = {}
     for k, v in obj.items():
-        if k == _PADDLE_NAME_TABLE:
+        if k == PADDLE_NAME_TABLE:
             continue
         arr = np.asarray(v)
         if arr.dtype == object:

@@ -148,3 +148,28 @@ def test_pdparams_with_code_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({"fc.weight": Evil()}))
     with pytest.raises(WeightsError, match="refusing to load builtins.print"):
         ppcdnv2.create_model("cdnv2_a", pretrained=str(path))
+
+
+def test_paddle_save_files_load_and_saved_files_keep_shapes_and_permissions(tmp_path):
+    """``paddle.save`` adds a name table beside the weights: not a weight, skipped; our writer keeps 0-d
+    arrays 0-d (``np.ascontiguousarray`` would make them 1-d) and gives files the user's usual permissions."""
+    import os
+
+    import paddle
+
+    from ppcdnv2.weights import load_pretrained, read_paddle_weights
+
+    model = ppcdnv2.build_condensenetv2(SMALL, form="converted")
+    paddle.save(model.state_dict(), str(tmp_path / "saved.pdparams"))
+    twin = load_pretrained(ppcdnv2.build_condensenetv2(SMALL, form="converted"), tmp_path / "saved.pdparams")
+    for k, v in state_dict_numpy(model).items():
+        np.testing.assert_array_equal(state_dict_numpy(twin)[k], v)
+
+    old = os.umask(0o022)
+    try:
+        save_weights({"scalar": np.float32(3.0), "vec": np.arange(4)[::2]}, tmp_path / "w.pdparams")
+    finally:
+        os.umask(old)
+    back = read_paddle_weights(tmp_path / "w.pdparams")
+    assert back["scalar"].shape == () and back["vec"].tolist() == [0, 2]
+    assert (tmp_path / "w.pdparams").stat().st_mode & 0o777 == 0o644

@@ -8,17 +8,14 @@ ImageNet stem; other configurations have no ppim equivalent.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Dict, Mapping, Union
 
 import numpy as np
 
 from ..layers import CondenseSFR, targets_to_dense_index
-from ..weights import WeightsError, _NumpyOnlyUnpickler, load_state_dict, save_weights, state_dict_numpy
-
-# paddle.save adds this bookkeeping entry (parameter -> internal name) next to the weights
-_PADDLE_SAVE_EXTRA = "StructuredToParameterName@@"
+from ..weights import (PADDLE_NAME_TABLE, WeightsError, load_state_dict, read_paddle_weights, save_weights,
+                       state_dict_numpy)
 
 
 def check_ppim_compatible(cfg) -> None:
@@ -63,30 +60,14 @@ def to_ppim_state(model) -> Dict[str, np.ndarray]:
 
 def read_ppim_weights(path) -> Dict[str, np.ndarray]:
     """A ``paddle.save``-d state dict (ppim's .pdparams) as numpy arrays, safely (no pickle code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            obj = _NumpyOnlyUnpickler(io.BufferedReader(f), path).load()
-    except WeightsError:
-        raise
-    except Exception as e:
-        raise WeightsError(f"{path}: not a readable .pdparams file ({type(e).__name__}: {e})") from None
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{path}: expected a dict of name -> array, got {type(obj).__name__}")
-    obj.pop(_PADDLE_SAVE_EXTRA, None)
-    bad = [k for k, v in obj.items() if not isinstance(v, np.ndarray) or v.dtype == object]
-    if bad:
-        raise WeightsError(f"{path}: {bad[0]!r} is not a numeric array")
-    return obj
+    return read_paddle_weights(path)
 
 
 def load_ppim_weights(model, src: Union[str, Path, Mapping[str, np.ndarray]]):
     """Load ppim weights (a .pdparams path or a state dict) into our converted-form model, strictly."""
     is_path = isinstance(src, (str, Path))
     state = read_ppim_weights(src) if is_path else dict(src)
-    state.pop(_PADDLE_SAVE_EXTRA, None)
+    state.pop(PADDLE_NAME_TABLE, None)
     where = str(src) if is_path else "ppim state dict"
     return load_state_dict(model, {k: np.asarray(v) for k, v in state.items()}, where=where)
 
