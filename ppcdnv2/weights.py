@@ -133,7 +133,10 @@ def read_paddle_weights(path) -> Dict[str, np.ndarray]:
 def read_safetensors(path) -> Dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
-    return dict(load_file(str(path)))
+    try:
+        return dict(load_file(str(path)))
+    except Exception as e:  # truncated, or not safetensors at all
+        raise WeightsError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})") from None
 
 
 def atomic_write(path, write_fn):

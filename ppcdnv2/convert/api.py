@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 import numpy as np
 
 from ..weights import (WeightsError, atomic_write, load_state_dict, read_paddle_weights, read_safetensors,
-                       save_weights, state_dict_numpy)
+                       read_weights, save_weights, state_dict_numpy)
 from . import extract_state_dict
 from .checks import max_abs_diff
 from .spec import Detection, find_family
@@ -213,19 +213,6 @@ def _log_read(log, src, key, det: Detection):
 
 
 # --- paddle -> torch -------------------------------------------------------------------------
-def read_paddle_state(path) -> Dict[str, np.ndarray]:
-    """Our .pdparams/.safetensors, or a ppim/paddle.save .pdparams, as numpy arrays (no pickle code runs)."""
-    path = Path(path)
-    if path.suffix.lower() == ".safetensors":
-        try:
-            return read_safetensors(path)
-        except Exception as e:
-            raise WeightsError(f"{path}: not a readable .safetensors file ({type(e).__name__}: {e})") from None
-    from .ppim import read_ppim_weights
-
-    return read_ppim_weights(path)
-
-
 def export_torch_checkpoint(src, dst, arch: Optional[str] = None, force: bool = False, verify: bool = False,
                             tol: float = DEFAULT_TOL, log: Optional[Callable[[str], None]] = None) -> ConversionResult:
     """Paddle weights (either form) → ``{'state_dict': ...}`` in the official torch layout (dense SFR index),
@@ -237,7 +224,7 @@ def export_torch_checkpoint(src, dst, arch: Optional[str] = None, force: bool = 
                            f"to change Paddle formats load and save with ppcdnv2.weights")
     if verify:
         _require_torch()
-    state = read_paddle_state(src)
+    state = read_weights(src)  # ours (.pdparams/.safetensors) or ppim's/paddle.save's
     spec = find_family(state, where=str(src))
     det = spec.detect(state, "paddle", arch=arch, where=str(src))
     _log_read(log, src, "", det)
@@ -260,5 +247,5 @@ def export_torch_checkpoint(src, dst, arch: Optional[str] = None, force: bool = 
     return result
 
 
-__all__ = ["convert_torch_checkpoint", "export_torch_checkpoint", "read_paddle_state", "reference_logits",
+__all__ = ["convert_torch_checkpoint", "export_torch_checkpoint", "reference_logits",
            "ConversionResult", "VerificationError", "is_paddle_file", "DEFAULT_TOL"]

@@ -58,15 +58,10 @@ def to_ppim_state(model) -> Dict[str, np.ndarray]:
     return state
 
 
-def read_ppim_weights(path) -> Dict[str, np.ndarray]:
-    """A ``paddle.save``-d state dict (ppim's .pdparams) as numpy arrays, safely (no pickle code runs)."""
-    return read_paddle_weights(path)
-
-
 def load_ppim_weights(model, src: Union[str, Path, Mapping[str, np.ndarray]]):
     """Load ppim weights (a .pdparams path or a state dict) into our converted-form model, strictly."""
     is_path = isinstance(src, (str, Path))
-    state = read_ppim_weights(src) if is_path else dict(src)
+    state = read_paddle_weights(src) if is_path else dict(src)
     state.pop(PADDLE_NAME_TABLE, None)
     where = str(src) if is_path else "ppim state dict"
     return load_state_dict(model, {k: np.asarray(v) for k, v in state.items()}, where=where)
@@ -77,5 +72,5 @@ def save_ppim_weights(model, path):
     return save_weights(to_ppim_state(model), path, "pdparams")
 
 
-__all__ = ["check_ppim_compatible", "ppim_kwargs", "build_ppim_model", "to_ppim_state", "read_ppim_weights",
+__all__ = ["check_ppim_compatible", "ppim_kwargs", "build_ppim_model", "to_ppim_state", 
            "load_ppim_weights", "save_ppim_weights"]

@@ -1,4 +1,4 @@
-"""PyTorch building blocks shared by the reference models (CondenseNetV2, later CondenseNet V1).
+"""PyTorch building blocks shared by the reference models (CondenseNetV2 and CondenseNet V1).
 
 The module layout (and therefore the state-dict keys) follows the official PyTorch code, so a
 reference model loads official checkpoints with ``strict=True``. Importing this module needs torch;
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import numpy as np
 
@@ -65,6 +65,37 @@ class Conv(nn.Sequential):
         self.add_module("activation", make_activation(activation))
         self.add_module("conv", nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
                                           groups=groups, bias=False))
+
+
+class Transition(nn.Module):
+    """Upstream's transition between dense blocks: a 2x2 average pool."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+    def forward(self, x):
+        return self.pool(x)
+
+
+def dense_trunk(cfg, make_layer: Callable[[int, int, int], nn.Module]) -> Tuple[nn.Sequential, int]:
+    """Upstream's ``features`` of both families: stem conv, dense blocks of ``make_layer(block, in_channels,
+    growth)`` with transitions between them, BN → ReLU → final average pool; and its output channels."""
+    features = nn.Sequential()
+    channels = 2 * cfg.growth[0]
+    features.add_module("init_conv", nn.Conv2d(3, channels, 3, stride=cfg.init_stride, padding=1, bias=False))
+    for i, (depth, growth) in enumerate(zip(cfg.stages, cfg.growth)):
+        block = nn.Sequential()
+        for j in range(depth):
+            block.add_module(f"denselayer_{j + 1}", make_layer(i, channels + j * growth, growth))
+        features.add_module(f"denseblock_{i + 1}", block)
+        channels += depth * growth
+        if i != len(cfg.stages) - 1:
+            features.add_module(f"transition_{i + 1}", Transition())
+    features.add_module("norm_last", nn.BatchNorm2d(channels))
+    features.add_module("relu_last", nn.ReLU())
+    features.add_module("pool_last", nn.AvgPool2d(cfg.pool_size))
+    return features, channels
 
 
 def shuffle(x, groups: int):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from typing import Tuple
 
-from .common import Conv, state_dict_numpy  # first: clear error without torch
+from .common import Conv, dense_trunk, state_dict_numpy  # first: clear error without torch
 from .condensenetv2 import LGC, CondenseLGC, _condense_lgc, upstream_stage
 
 import torch
@@ -70,15 +70,6 @@ class _DenseLayer(nn.Module):
         return torch.cat([x, self.conv_2(self.conv_1(x))], 1)
 
 
-class _Transition(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.pool = nn.AvgPool2d(2, 2)
-
-    def forward(self, x):
-        return self.pool(x)
-
-
 class CondenseNet(nn.Module):
     """Upstream ``models/condensenet.py`` (``converted=False``) or ``models/condensenet_converted.py``.
 
@@ -88,21 +79,8 @@ class CondenseNet(nn.Module):
     def __init__(self, cfg, converted: bool = False):
         super().__init__()
         self.cfg, self.converted = cfg, converted
-        init_stride, pool = (1, 8) if cfg.stem == "cifar" else (2, 7)
-        self.features = nn.Sequential()
-        channels = 2 * cfg.growth[0]
-        self.features.add_module("init_conv", nn.Conv2d(3, channels, 3, init_stride, 1, bias=False))
-        for i, (depth, growth) in enumerate(zip(cfg.stages, cfg.growth)):
-            block = nn.Sequential()
-            for j in range(depth):
-                block.add_module(f"denselayer_{j + 1}", _DenseLayer(channels + j * growth, growth, cfg, converted))
-            self.features.add_module(f"denseblock_{i + 1}", block)
-            channels += depth * growth
-            if i != len(cfg.stages) - 1:
-                self.features.add_module(f"transition_{i + 1}", _Transition())
-        self.features.add_module("norm_last", nn.BatchNorm2d(channels))
-        self.features.add_module("relu_last", nn.ReLU())
-        self.features.add_module("pool_last", nn.AvgPool2d(pool))
+        self.features, channels = dense_trunk(
+            cfg, lambda block, in_channels, growth: _DenseLayer(in_channels, growth, cfg, converted))
         self.num_features = channels
         if converted:
             self.classifier = CondenseLinear(channels, cfg.num_classes, cfg.classifier_keep)

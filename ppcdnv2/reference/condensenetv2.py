@@ -22,8 +22,8 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from ..models.config import CondenseNetV2Config, preset
-from .common import (Conv, HS, SELayer, calibrate_bn_, init_like_upstream_, make_activation, randn,
-                     randomize_weights_, shuffle, shuffle_trans, state_dict_numpy)  # first: clear error without torch
+from .common import (Conv, HS, SELayer, calibrate_bn_, dense_trunk, init_like_upstream_, make_activation,
+                     randn, randomize_weights_, shuffle, shuffle_trans, state_dict_numpy)  # first: clear error without torch
 
 import torch
 import torch.nn as nn
@@ -238,15 +238,6 @@ class DenseLayer(nn.Module):
         return torch.cat([x + self.sfr(new), new], 1)
 
 
-class Transition(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
-
-    def forward(self, x):
-        return self.pool(x)
-
-
 class ReferenceCondenseNetV2(nn.Module):
     """Upstream's ``CondenseNetV2`` (``form="train"``) / ``ConvertedCondenseNetV2`` (``form="converted"``)."""
 
@@ -257,23 +248,12 @@ class ReferenceCondenseNetV2(nn.Module):
         if sfr_index not in SFR_INDEX_MODES:
             raise ValueError(f"sfr_index must be one of {SFR_INDEX_MODES}, got {sfr_index!r}")
         self.cfg, self.form, self.sfr_index = cfg, form, sfr_index
-        self.features = nn.Sequential()
-        channels = 2 * cfg.growth[0]
-        self.features.add_module("init_conv", nn.Conv2d(3, channels, 3, stride=cfg.init_stride, padding=1,
-                                                        bias=False))
-        for i, (depth, growth) in enumerate(zip(cfg.stages, cfg.growth)):
-            activation = "HS" if i >= cfg.hs_start_block else "ReLU"
-            block = nn.Sequential()
-            for j in range(depth):
-                block.add_module(f"denselayer_{j + 1}", DenseLayer(
-                    channels + j * growth, growth, cfg, activation, i >= cfg.se_start_block, form, sfr_index))
-            self.features.add_module(f"denseblock_{i + 1}", block)
-            channels += depth * growth
-            if i != len(cfg.stages) - 1:
-                self.features.add_module(f"transition_{i + 1}", Transition())
-        self.features.add_module("norm_last", nn.BatchNorm2d(channels))
-        self.features.add_module("relu_last", nn.ReLU())
-        self.features.add_module("pool_last", nn.AvgPool2d(cfg.pool_size))
+
+        def layer(block, in_channels, growth):
+            activation = "HS" if block >= cfg.hs_start_block else "ReLU"
+            return DenseLayer(in_channels, growth, cfg, activation, block >= cfg.se_start_block, form, sfr_index)
+
+        self.features, channels = dense_trunk(cfg, layer)
         self.features.add_module("se_last", SELayer(channels, reduction=cfg.last_se_reduction))
         self.num_features = channels
         self.fc = nn.Linear(channels, cfg.fc_channel)
