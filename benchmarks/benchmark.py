@@ -10,7 +10,7 @@ In one process, with the same random (but fully condensed, BN-calibrated) weight
   ours-onednn       Paddle Inference with oneDNN (not run by default: slower here)
   ppim              ppim's cdnv2 (dense C'xC SFR matrix), Paddle dygraph, weights converted from ours
   torch             PyTorch model with the official module layout and dense SFR index matrix
-                    (``ppcdnv2.reference.build_reference(cfg, 'converted', sfr_index='dense')``)
+                    (``ppcdnv2.families.condensenet.reference.build_reference(cfg, 'converted', sfr_index='dense')``)
   torch-x2          torch with each batch split over 2 worker threads, 1 intra-op thread each
 
 Every engine gets the same thread budget (``--threads``, default 2). Engines are timed round-robin so a
@@ -87,7 +87,7 @@ class Bench:
         import ppcdnv2
         from ppcdnv2.convert import official_state_to_model
         from ppcdnv2.deploy import DygraphPredictor, PaddlePredictor, export_inference, parallel
-        from ppcdnv2.reference import build_reference, condense_reference, randomize_, state_dict_numpy
+        from ppcdnv2.families.condensenet.reference import build_reference, condense_reference, randomize_, state_dict_numpy
         from ppcdnv2.weights import load_state_dict
 
         self.name, self.threads = name, threads
@@ -130,7 +130,7 @@ class Bench:
             if "ours-onednn" in need:
                 self.engines["ours-onednn"] = (PaddlePredictor(files.prefix, threads=threads, onednn=True), threads)
         if "ppim" in need:
-            from ppcdnv2.convert.ppim import build_ppim_model, to_ppim_state
+            from ppcdnv2.families.condensenet.ppim import build_ppim_model, to_ppim_state
 
             ppim_model = build_ppim_model(cfg)
             ppim_model.set_state_dict({k: paddle.to_tensor(v) for k, v in to_ppim_state(ours).items()})

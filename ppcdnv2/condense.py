@@ -107,32 +107,47 @@ def condense_linear_state(state: Dict[str, np.ndarray], name: str, kept: int) ->
 
 
 def condense(model):
-    """Return the condensed-form twin of a fully condensed training-form ``CondenseNetV2`` or ``CondenseNet``."""
-    from .models.condensenet import CondenseNet
-    from .models.condensenetv2 import CondenseNetV2
+    """The condensed (converted) form of a fully condensed training-form model of a family that condenses."""
+    from .registry import family_of
+
+    family = family_of(model)
+    if not family.condensable:
+        raise ValueError(f"{family.title} has one form only; there is nothing to condense")
+    if model.form != "train":
+        raise ValueError(f"condense() expects a training-form {family.title} (form='train'), got form={model.form!r}")
+    return family.condense(model)
+
+
+def condensed_equivalent(model):
+    """The training-form model that computes exactly what ``condense(model)`` computes (``model`` itself,
+    except for families whose condensation changes the logits: CondenseNet V1's classifier)."""
+    from .registry import family_of
+
+    return family_of(model).condensed_equivalent(model)
+
+
+def condense_model(model):
+    """Condensed twin of a training-form model built from the shared learned layers (its state condensed
+    by :func:`condense_state_dict`, loaded strictly into a converted-form model of the same config)."""
     from .weights import load_state_dict, state_dict_numpy
 
-    if not isinstance(model, (CondenseNetV2, CondenseNet)) or model.form != "train":
-        raise ValueError("condense() expects a training-form CondenseNetV2 or CondenseNet (form='train')")
     target = type(model)(model.cfg, form="converted", features_only=model.features_only)
     load_state_dict(target, condense_state_dict(state_dict_numpy(model), target))
     target.train() if model.training else target.eval()
     return target
 
 
-def condensed_equivalent(model):
-    """The training-form model that computes exactly what ``condense(model)`` computes.
+def pruned_classifier_twin(model):
+    """CondenseNet (V1): a copy of the training-form ``model`` whose classifier weights for the features
+    that condensing drops are zero.
 
-    Condensing the learned layers is exact (the masks already removed those connections), so that is
-    ``model`` itself, except for CondenseNet (V1)'s classifier: upstream's conversion keeps only
-    ``classifier_keep`` (0.5) of its input features, which changes the logits. For such a model this
-    returns a copy whose classifier weights for the dropped features are zero, so the condensed
-    model's predictions can be checked against it.
+    Upstream's conversion keeps only ``classifier_keep`` (0.5) of the classifier's input features, which
+    changes the logits; this twin computes what the condensed model computes, so its predictions can be
+    checked against it.
     """
-    from .models.condensenet import CondenseNet
     from .weights import load_state_dict, state_dict_numpy
 
-    if not isinstance(model, CondenseNet) or model.form != "train" or model.cfg.num_classes <= 0:
+    if model.form != "train" or model.cfg.num_classes <= 0:
         return model
     kept = model.cfg.classifier_features
     if kept >= model.num_features:

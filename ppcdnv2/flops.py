@@ -1,28 +1,16 @@
-"""FLOPs / parameter counts of a CondenseNetV2, derived from its config alone (no framework needed).
+"""FLOPs / parameter counts of any registered model: the report type and the CLI.
 
-``flops`` and ``params`` follow the rules of the official counter (``measure_model`` in the upstream
-``utils/tools.py``), so the published figures are reproduced exactly: one multiply-add counts as one
-op; learned layers (LGC/SFR) count their dense 1x1 conv divided by the condensation factor; ReLU and
-ReLU6 count one op per element (hard-swish is counted as its inner ReLU6 only); pooling counts every
-window element; a Linear counts its weights; Sigmoid two ops per element; BatchNorm only adds its
-affine parameters. Everything else a forward pass does is invisible to that counter: the residual add,
-the concat, the SE rescale, the hard-swish multiply, and — in the condensed model — the LGC channel
-gather and the SFR channel mapping. ``executed`` accounts for the latter so deployment cost can be
-compared honestly.
-
-Why analytic: the official numbers come from hooking a torch model; recomputing them from the config
-lets the tests pin the published figures without torch, and makes every term visible.
+Each family counts its own models analytically from the config (``Family.count_flops``: the CondenseNet
+rules in ``ppcdnv2.families.condensenet.flops``, ReXNet's in ``ppcdnv2.families.rexnet.flops``), so
+the published figures are pinned by tests without torch and every term is visible. ``count_flops``
+dispatches through the registry; ``python -m ppcdnv2.flops NAME ...`` prints the reports.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-from ppcdnv2.models.config import CondenseNetV2Config, preset
-
-__all__ = ["FlopsReport", "LayerCount", "count_flops", "conv_macs"]
-
-FORMS = ("train", "converted")
+__all__ = ["FlopsReport", "LayerCount", "count_flops", "conv_out", "sum_counts"]
 
 
 @dataclass
@@ -43,9 +31,6 @@ class LayerCount:
             self.extras[k] = self.extras.get(k, 0) + v
 
 
-EXTRA_KEYS = ("lgc_index_select", "sfr_scatter_add", "sfr_dense_matmul_macs", "se_scale", "residual_add")
-
-
 @dataclass
 class FlopsReport:
     """Counts per image. ``params`` is the official figure for ``form="train"`` and the real parameter
@@ -60,6 +45,10 @@ class FlopsReport:
     converted_params: int
     executed: Dict[str, float]
     layers: List[LayerCount]
+    counting: str = "the official counter's rules"
+    form_pair: bool = True  # whether the family has a condensed form (a second params column)
+    published: Optional[Tuple[float, float]] = None  # (M multiply-adds, M params) as published
+    published_form: str = "train"  # the form those were counted on
 
     @property
     def mflops(self) -> float:
@@ -70,112 +59,31 @@ class FlopsReport:
         return self.params / 1e6
 
     def __str__(self) -> str:
-        head = f"{self.name} ({self.form} form, {self.input_size}x{self.input_size}, per image, M)"
-        rows = [head, f"{'part':<14}{'FLOPs':>10}{'params':>10}{'conv.par':>10}",
-                "-" * 44]
+        first = f"{self.name}: {self.flops / 1e6:.2f} M multiply-adds, {self.params / 1e6:.3f} M params"
+        first += f" ({self.form} form, {self.input_size}x{self.input_size}, per image; {self.counting})"
+        if self.published is not None:
+            on = f" ({self.published_form} form)" if self.form_pair else ""
+            first += f"; published{on}: {self.published[0]:.2f} M / {self.published[1]:.3f} M"
+        rows = [first, f"{'part':<14}{'MACs (M)':>12}{'params (M)':>12}"]
+        if self.form_pair:
+            rows[-1] += f"{'params (M)':>12}"
+            rows.append(f"{'':<14}{'':>12}{'train form':>12}{'condensed':>12}")
+        rows.append("-" * 50)
         for lc in self.layers:
-            rows.append(f"{lc.name:<14}{lc.flops / 1e6:>10.3f}{lc.params / 1e6:>10.4f}"
-                        f"{lc.converted_params / 1e6:>10.4f}")
-        rows.append("-" * 44)
-        rows.append(f"{'total':<14}{self.flops / 1e6:>10.2f}{self.official_params / 1e6:>10.3f}"
-                    f"{self.converted_params / 1e6:>10.3f}")
-        rows.append("executed by the condensed model, not in the official count:")
-        for k, v in self.executed.items():
-            rows.append(f"  {k:<28}{v / 1e6:>12.3f}")
+            rows.append(f"{lc.name:<14}{lc.flops / 1e6:>12.3f}{lc.params / 1e6:>12.4f}"
+                        + (f"{lc.converted_params / 1e6:>12.4f}" if self.form_pair else ""))
+        rows.append("-" * 50)
+        rows.append(f"{'total':<14}{self.flops / 1e6:>12.2f}{self.official_params / 1e6:>12.3f}"
+                    + (f"{self.converted_params / 1e6:>12.3f}" if self.form_pair else ""))
+        if self.executed:
+            rows.append("also executed, not in the published counting (M per image):")
+            for k, v in self.executed.items():
+                rows.append(f"  {k:<28}{v / 1e6:>12.3f}")
         return "\n".join(rows)
 
 
-# --- official per-module rules (one image) ------------------------------------------------------
-
-def _conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
+def conv_out(size: int, kernel: int, stride: int = 1, padding: int = 0) -> int:
     return (size + 2 * padding - kernel) // stride + 1
-
-
-def _bn(channels: int) -> LayerCount:
-    return LayerCount("bn", 0, 2 * channels, 2 * channels)
-
-
-def _act(channels: int, hw: int) -> LayerCount:
-    # ReLU: one op per element; HS: only its ReLU6 is visible, also one op per element.
-    return LayerCount("act", channels * hw, 0, 0)
-
-
-def _se(channels: int, reduction: int, hw: int) -> LayerCount:
-    hidden = channels // reduction
-    lc = LayerCount("se")
-    lc.flops = channels * hw  # adaptive average pool reads every element
-    lc.flops += channels * hidden + hidden + hidden * channels  # fc, ReLU, fc (no biases)
-    lc.flops += 2 * channels  # Sigmoid
-    lc.params = lc.converted_params = 2 * channels * hidden
-    lc.extras["se_scale"] = channels * hw
-    return lc
-
-
-def _dense_layer(cfg: CondenseNetV2Config, cin: int, k: int, hw: int, use_se: bool) -> LayerCount:
-    width = cfg.bottleneck * k
-    lc = LayerCount("layer")
-    # conv_1, LGC: BN(cin) → act → 1x1 cin→width, counted dense / condense_factor.
-    lc.add(_bn(cin))
-    lc.add(_act(cin, hw))
-    lc.flops += cin * width * hw / cfg.condense_factor
-    lc.params += cin * width / cfg.condense_factor
-    lgc_in = cin * cfg.group_1x1 // cfg.condense_factor  # channels the condensed LGC gathers
-    lc.converted_params += 2 * lgc_in - 2 * cin + (lgc_in // cfg.group_1x1) * width
-    lc.extras["lgc_index_select"] = lgc_in * hw
-    # conv_2: BN(width) → act → 3x3 grouped width→k, padding 1 (same size).
-    lc.add(_bn(width))
-    lc.add(_act(width, hw))
-    conv2 = width * k * 9 // cfg.group_3x3
-    lc.flops += conv2 * hw
-    lc.params += conv2
-    lc.converted_params += conv2
-    if use_se:
-        lc.add(_se(k, 1, hw))
-    # sfr, SFR: BN(k) → act → 1x1 k→cin, counted dense / trans_factor.
-    lc.add(_bn(k))
-    lc.add(_act(k, hw))
-    lc.flops += k * cin * hw / cfg.trans_factor
-    lc.params += k * cin / cfg.trans_factor
-    sfr_out = cin * cfg.group_trans // cfg.trans_factor  # rows of the condensed SFR conv
-    lc.converted_params += sfr_out * (k // cfg.group_trans)
-    lc.extras["sfr_scatter_add"] = sfr_out * hw
-    lc.extras["sfr_dense_matmul_macs"] = sfr_out * cin * hw
-    lc.extras["residual_add"] = cin * hw
-    return lc
-
-
-def count_trunk(cfg, size: int, dense_layer: Callable[[int, int, int, int], LayerCount]
-                ) -> Tuple[List[LayerCount], int, int]:
-    """Rows of the part the CondenseNet families share: the 3x3 stem, each dense block (the sum of
-    ``dense_layer(block index, in_channels, growth, h*w)`` over its layers) and the 2x2 average-pool
-    transitions. ``size``: input side. Returns (rows, channels, spatial side) after the last block."""
-    layers: List[LayerCount] = []
-    channels = 2 * cfg.growth[0]
-    size = _conv_out(size, 3, cfg.init_stride, 1)
-    stem_params = 3 * channels * 9
-    layers.append(LayerCount("stem", stem_params * size * size, stem_params, stem_params))
-    last = len(cfg.stages) - 1
-    for i, (depth, k) in enumerate(zip(cfg.stages, cfg.growth)):
-        if size < 1:
-            raise ValueError(f"input too small: no spatial extent left at dense block {i + 1}")
-        block = LayerCount(f"block{i + 1}")
-        for j in range(depth):
-            block.add(dense_layer(i, channels + j * k, k, size * size))
-        layers.append(block)
-        channels += depth * k
-        if i != last:
-            out = _conv_out(size, 2, 2)
-            layers.append(LayerCount(f"trans{i + 1}", channels * out * out * 4))
-            size = out
-    return layers, channels, size
-
-
-def check_final_pool(cfg, size: int, channels: int, head: str) -> None:
-    """The final ``pool_size`` average pool must leave 1x1, or the ``head`` layer cannot take the features."""
-    pooled = _conv_out(size, cfg.pool_size, cfg.pool_size)
-    if pooled != 1:
-        raise ValueError(f"the final {cfg.pool_size}x{cfg.pool_size} pool sees {size}x{size} and leaves "
-                         f"{pooled}x{pooled}; {head} expects {channels} features, so this input size cannot run")
 
 
 def sum_counts(layers: List[LayerCount]) -> LayerCount:
@@ -185,96 +93,35 @@ def sum_counts(layers: List[LayerCount]) -> LayerCount:
     return total
 
 
-def resolve(cfg, form: Optional[str] = None, config_class=CondenseNetV2Config, lookup=preset,
-            what: str = "a preset name") -> Tuple[Any, str, str]:
-    """(config, name, form) of a preset name (``lookup``), a ``config_class`` or a dict of its fields;
-    ``form`` defaults to ``"converted"`` for ``converted_*`` names, else ``"train"``."""
-    if isinstance(cfg, str):
-        cfg, name = lookup(cfg), cfg
-    elif isinstance(cfg, Mapping):
-        cfg, name = config_class.from_dict(cfg), "custom"
-    elif isinstance(cfg, config_class):
-        name = "custom"
+def count_flops(model: Union[str, Any], form: Optional[str] = None, input_size: Optional[int] = None) -> FlopsReport:
+    """Count any registered model per image: a registry name (``converted_*`` → converted form) or a
+    config object of a registered family (``form`` defaults to ``train``). The family's own counter
+    does the work (``Family.count_flops``); its published figures are attached."""
+    from .registry import family_of, model_entry
+
+    if isinstance(model, str):
+        entry = model_entry(model)
+        family, cfg, name = entry.family, entry.family.preset(entry.preset), model
+        form = form or entry.form
     else:
-        raise TypeError(f"expected {what}, a {config_class.__name__} or a dict, got {type(cfg).__name__}")
-    if form is None:
-        form = "converted" if name.startswith("converted_") else "train"
-    if form not in FORMS:
-        raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-    return cfg, name, form
-
-
-def count_flops(cfg: Union[str, CondenseNetV2Config, Mapping], form: Optional[str] = None,
-                input_size: Optional[int] = None) -> FlopsReport:
-    """Count a CondenseNetV2 per image.
-
-    ``form`` defaults to ``"converted"`` for ``converted_*`` preset names, else ``"train"``. ``flops``
-    always follows the official rules (they are defined on the training form and equal to the
-    condensed convolutions' real MACs); only ``params`` differs between forms.
-    CondenseNet (V1) configs and preset names are counted by ``ppcdnv2.flops_v1``.
-    """
-    from ppcdnv2.flops_v1 import count_flops_v1, is_v1_config
-
-    if is_v1_config(cfg):
-        return count_flops_v1(cfg, form, input_size)
-    cfg, name, form = resolve(cfg, form)
-    size = cfg.input_size if input_size is None else int(input_size)
-
-    layers, channels, size = count_trunk(
-        cfg, size, lambda block, cin, k, hw: _dense_layer(cfg, cin, k, hw, block >= cfg.se_start_block))
-    check_final_pool(cfg, size, channels, "fc")
-
-    head = LayerCount("head")
-    head.add(_bn(channels))
-    head.add(_act(channels, size * size))  # relu_last
-    head.flops += channels * cfg.pool_size * cfg.pool_size
-    head.add(_se(channels, cfg.last_se_reduction, 1))
-    fc = channels * cfg.fc_channel
-    head.flops += fc + cfg.fc_channel  # fc weights, then HS counted as its ReLU6
-    head.params += fc + cfg.fc_channel
-    head.converted_params += fc + cfg.fc_channel
-    if cfg.num_classes > 0:
-        cls = cfg.fc_channel * cfg.num_classes
-        head.flops += cls
-        head.params += cls + cfg.num_classes
-        head.converted_params += cls + cfg.num_classes
-    layers.append(head)
-
-    total = sum_counts(layers)
-    ex = {k: total.extras.get(k, 0) for k in EXTRA_KEYS}
-    ex["executed_total_ours"] = total.flops + ex["lgc_index_select"] + ex["sfr_scatter_add"] + ex["se_scale"]
-    ex["executed_total_official"] = (total.flops + ex["lgc_index_select"] + ex["sfr_dense_matmul_macs"]
-                                     + ex["residual_add"] + ex["se_scale"])
-    return FlopsReport(
-        name=name, form=form, input_size=cfg.input_size if input_size is None else int(input_size),
-        flops=total.flops, params=total.params if form == "train" else total.converted_params,
-        official_params=total.params, converted_params=total.converted_params, executed=ex, layers=layers)
-
-
-def conv_macs(cfg: Union[str, CondenseNetV2Config, Mapping], input_size: Optional[int] = None) -> float:
-    """MACs of the convolutions alone (stem, condensed LGC, grouped 3x3, condensed SFR)."""
-    cfg, _, _ = resolve(cfg)
-    size = _conv_out(cfg.input_size if input_size is None else int(input_size), 3, cfg.init_stride, 1)
-    channels = 2 * cfg.growth[0]
-    total = 3 * channels * 9 * size * size
-    for i, (depth, k) in enumerate(zip(cfg.stages, cfg.growth)):
-        hw = size * size
-        for j in range(depth):
-            cin = channels + j * k
-            width = cfg.bottleneck * k
-            total += cin * width * hw / cfg.condense_factor + width * k * 9 * hw / cfg.group_3x3
-            total += k * cin * hw / cfg.trans_factor
-        channels += depth * k
-        if i != len(cfg.stages) - 1:
-            size = _conv_out(size, 2, 2)
-    return total
+        family, cfg, name = family_of(model), getattr(model, "cfg", model), None
+        form = form or getattr(model, "form", "train")
+    if form not in family.forms:
+        raise ValueError(f"form must be one of {family.forms}, got {form!r}")
+    report = family.count_flops(cfg, form, input_size)
+    if name:
+        report.name = name
+    info = family.weights_info(cfg)
+    if info.mflops is not None and input_size in (None, info.crop):
+        report.published, report.published_form = (info.mflops, info.mparams), info.published_form
+    return report
 
 
 def main(argv=None) -> int:
-    """``python -m ppcdnv2.flops NAME [NAME ...]``: FLOPs/params of registered models of either family."""
+    """``python -m ppcdnv2.flops NAME [NAME ...]``: FLOPs/params of registered models of any family."""
     import argparse
 
-    from .models.registry import list_models, model_entry
+    from .registry import list_models
 
     p = argparse.ArgumentParser(prog="python -m ppcdnv2.flops", description=main.__doc__.split(":", 1)[1].strip())
     p.add_argument("names", nargs="*", metavar="NAME", default=["cdnv2_a", "cdnv2_b", "cdnv2_c"],
@@ -283,14 +130,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     for name in args.names:
         try:
-            family = model_entry(name).family
+            report = count_flops(name, input_size=args.input_size)
         except KeyError:
             p.error(f"unknown model {name!r}; known: {', '.join(list_models())}")
-        if family == "condensenet":
-            from .flops_v1 import count_flops_v1 as count
-        else:
-            count = count_flops
-        print(count(name, input_size=args.input_size))
+        except ValueError as e:
+            p.error(f"{name}: {e}")
+        print(report)
         print()
     return 0
 

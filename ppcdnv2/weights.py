@@ -184,8 +184,39 @@ def save_weights(state: Mapping[str, np.ndarray], path, fmt: Optional[str] = Non
     return atomic_write(path, write)
 
 
+TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".ckpt", ".bin")  # torch checkpoints (".pth.tar" included)
+PADDLE_SUFFIXES = (".pdparams", ".safetensors")
+WEIGHT_SUFFIXES = PADDLE_SUFFIXES + TORCH_SUFFIXES
+
+
+def is_torch_file(path) -> bool:
+    return Path(path).suffix.lower() in TORCH_SUFFIXES
+
+
+def is_weights_file(path) -> bool:
+    return Path(path).suffix.lower() in WEIGHT_SUFFIXES
+
+
+def has_gpu() -> bool:
+    """Whether this Paddle build can use a GPU here."""
+    import paddle
+
+    return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+
+
+def framework_of(state: Mapping[str, np.ndarray]) -> str:
+    """"torch" or "paddle": BatchNorm statistics are ``running_mean``/``running_var`` in torch's state
+    dicts and ``_mean``/``_variance`` in Paddle's (every model here has BatchNorm)."""
+    for key in state:
+        if key.endswith((".running_mean", ".running_var", ".num_batches_tracked")):
+            return "torch"
+        if key.endswith(("._mean", "._variance")):
+            return "paddle"
+    return "paddle"
+
+
 def read_weights(path) -> Dict[str, np.ndarray]:
-    """Any weights file we know: .pdparams, .safetensors, or an official torch checkpoint (converted to Paddle keys later)."""
+    """A Paddle-side weights file: .pdparams (ours, ppim's, ``paddle.save``'s) or .safetensors; read safely."""
     path = Path(path)
     if str(path).startswith(("http://", "https://")):
         raise WeightsError(f"{path}: download the file first and pass its local path (no network access here)")
@@ -196,12 +227,96 @@ def read_weights(path) -> Dict[str, np.ndarray]:
     return read_paddle_weights(path)
 
 
-def load_pretrained(model, path, skip_classifier: bool = False):
-    """Load a local ``.pdparams``/``.safetensors`` (ours) or official torch ``.pth``/``.pth.tar`` into ``model``."""
-    path = Path(path)
-    skip = ("classifier",) if skip_classifier else ()
-    if path.suffix in (".pth", ".pt", ".tar", ".pkl") or path.name.endswith(".pth.tar"):
-        from .convert import load_torch_weights_into
+def read_state(path, which: str = "ema") -> Dict[str, np.ndarray]:
+    """The weights in any file we read, in the file's own layout (torch or Paddle: see :func:`framework_of`).
 
-        return load_torch_weights_into(model, path, skip=skip)
-    return load_state_dict(model, read_weights(path), skip=skip, where=str(path))
+    Torch checkpoints (official, timm's, a user's trainer file; the restricted reader runs no pickle
+    code), our training checkpoints (``which``: their EMA or raw model weights), .pdparams (ours or
+    ppim's) and .safetensors (ours, or torch-layout ones such as timm's hub files).
+    """
+    path = Path(path)
+    if str(path).startswith(("http://", "https://")):
+        raise WeightsError(f"{path}: download the file first and pass its local path (no network access here)")
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if is_torch_file(path):
+        from .convert import extract_state_dict
+        from .convert.torch_file import load_torch_file
+
+        try:
+            state, _ = extract_state_dict(load_torch_file(path), "ema" if which == "ema" else "model", where=str(path))
+        except ValueError as e:
+            raise WeightsError(str(e)) from None
+        return state
+    if path.suffix == ".safetensors":
+        from .engine.checkpoint import is_training_checkpoint, checkpoint_weights
+
+        if is_training_checkpoint(path):
+            return checkpoint_weights(path, which)[0]
+    return read_weights(path)
+
+
+def _paddle_state_for(model, state: Mapping[str, np.ndarray], where: str) -> Dict[str, np.ndarray]:
+    """``state`` (any layout of ``model``'s family, either form) as ``model``'s own Paddle state."""
+    from .registry import family_of
+
+    family = family_of(model)
+    if framework_of(state) == "torch":
+        from .convert import official_state_to_model
+
+        try:
+            return official_state_to_model(state, model)
+        except (KeyError, ValueError) as e:
+            raise WeightsError(f"{where}: {e.args[0] if e.args else e}") from None
+    state, _ = family.paddle_from_external(state)
+    if family.form_of(state) == "train" and model.form == "converted":
+        from .condense import condense_state_dict
+
+        return condense_state_dict(dict(state), model)
+    return dict(state)
+
+
+def load_pretrained(model, path, skip_classifier: bool = False):
+    """Load any weights file we read (:func:`read_state`) into ``model``, strictly; training-form weights
+    are condensed for a converted-form model. ``skip_classifier`` leaves the classifier as initialised."""
+    from .registry import family_of
+
+    skip = (family_of(model).classifier_of(model.cfg) + ".",) if skip_classifier else ()
+    state = read_state(path)
+    return load_state_dict(model, _paddle_state_for(model, state, str(path)), skip=skip, where=str(path))
+
+
+def load_model(path, cfg, form: str = "auto", which: str = "ema"):
+    """A model of ``cfg`` holding the weights at ``path`` (any file :func:`read_state` reads), in ``form``
+    (``auto``: the weights' own; ``converted``: training-form weights are condensed). Returns
+    ``(model, form of the weights)``."""
+    from .registry import family_of
+
+    family = family_of(cfg)
+    if form not in ("auto",) + family.forms:
+        raise ValueError(f"form must be auto or one of {', '.join(family.forms)}, got {form!r}")
+    state = read_state(path, which)
+    source = family.form_of(state)
+    if source == "converted" and form == "train":
+        raise WeightsError(f"{path}: converted (condensed) weights cannot be evaluated in training form")
+    model = family.build(cfg, source if form == "auto" else form)
+    load_state_dict(model, _paddle_state_for(model, state, str(path)), where=str(path))
+    return model, source
+
+
+def classes_in(path, cfg) -> int:
+    """The class count of the weights at ``path`` for a model of ``cfg``'s family (``cfg``'s own if unclear)."""
+    from .registry import family_of
+
+    state = read_state(path)
+    family = family_of(cfg)
+    framework = framework_of(state)
+    try:
+        if framework == "torch":
+            state, _ = family.to_official(state)
+        else:
+            state, _ = family.paddle_from_external(state)
+        found, _ = family.infer_config(state, framework, family.form_of(state))
+        return int(found.num_classes)
+    except (KeyError, IndexError, ValueError, TypeError, ZeroDivisionError):
+        return int(cfg.num_classes)

@@ -9,12 +9,14 @@ import ppcdnv2
 from ppcdnv2.condense import NotCondensedError
 from ppcdnv2.convert.keymap import torch_to_paddle_state
 from ppcdnv2.flops import count_flops
-from ppcdnv2.models.condensenet import PRESETS, CondenseNet, CondenseNetConfig, preset
+from ppcdnv2 import preset
+from ppcdnv2.families.condensenet import V1_PRESETS as PRESETS, CondenseNetConfig
+from ppcdnv2.families.condensenet.v1 import CondenseNet
 from ppcdnv2.weights import load_state_dict, state_dict_numpy
 
 torch = pytest.importorskip("torch")
-ref = pytest.importorskip("ppcdnv2.reference.condensenet")
-from ppcdnv2.reference.common import calibrate_bn_, randomize_weights_  # noqa: E402
+ref = pytest.importorskip("ppcdnv2.families.condensenet.reference.condensenet")
+from ppcdnv2.torch_tools import calibrate_bn_, randomize_weights_  # noqa: E402
 
 TOL = 1e-4
 

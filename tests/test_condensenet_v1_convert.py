@@ -8,12 +8,12 @@ import pytest
 
 import ppcdnv2
 from ppcdnv2.convert.cli import main as cli
-from ppcdnv2.convert.spec import find_family
-from ppcdnv2.models.condensenet import preset
+from ppcdnv2.registry import find_family
+from ppcdnv2 import preset
 from ppcdnv2.weights import state_dict_numpy
 
 torch = pytest.importorskip("torch")
-ref = pytest.importorskip("ppcdnv2.reference.condensenet")
+ref = pytest.importorskip("ppcdnv2.families.condensenet.reference.condensenet")
 from test_condensenet_v1 import _random_reference, _stage_progresses, _torch_cpu  # noqa: E402,F401 (autouse)
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]

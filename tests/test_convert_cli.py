@@ -10,12 +10,12 @@ from conftest import fixture_path
 from helpers_convert import (paddle_logits, random_converted_state, read_official, resave_official,
                              run_cli_without_torch)
 from ppcdnv2.convert.api import convert_torch_checkpoint
-from ppcdnv2.convert.cdnv2 import CondenseNetV2Family
+from ppcdnv2.families.condensenet import CondenseNetV2Family
 from ppcdnv2.convert.cli import main
-from ppcdnv2.convert.spec import find_family
+from ppcdnv2.registry import find_family
 from ppcdnv2.convert.torch_file import load_torch_file
 from ppcdnv2.convert.torch_writer import save_torch_file
-from ppcdnv2.models import CondenseNetV2Config
+from ppcdnv2.families.condensenet import CondenseNetV2Config
 from ppcdnv2.weights import load_state_dict, read_weights, save_weights, state_dict_numpy
 
 TOL = 1e-4
@@ -226,7 +226,7 @@ def test_verify_failure_leaves_no_dst(tmp_path, capsys, monkeypatch):
 # --- Paddle -> torch -> Paddle --------------------------------------------------------------------
 def _reference_logits(pth, form, x):
     import torch
-    from ppcdnv2.reference import build_reference
+    from ppcdnv2.families.condensenet.reference import build_reference
 
     ref = build_reference("cdnv2_a", form, sfr_index="dense")
     ref.load_state_dict(torch.load(pth, weights_only=True)["state_dict"], strict=True)
@@ -294,9 +294,10 @@ def test_custom_converted_configuration_is_inferred_both_layouts(tmp_path, capsy
     torch_state = load_torch_file(pth)["state_dict"]
     assert find_family(torch_state).detect(torch_state, "torch").cfg.replace(**HIDDEN) == CUSTOM
     assert main([str(pth), str(back), "--arch", str(arch)]) == 0
-    assert "build_condensenetv2" in capsys.readouterr().out
-    model_back = ppcdnv2.build_condensenetv2(CUSTOM, form="converted")
-    load_state_dict(model_back, read_weights(back))
+    hint = capsys.readouterr().out.rsplit("load it with: ", 1)[1].strip()
+    assert "get_family('condensenetv2').build(" in hint
+    model_back = eval(hint, {"ppcdnv2": ppcdnv2})  # the printed line is Python that loads the file
+    assert model_back.cfg.replace(**HIDDEN) == CUSTOM.replace(**HIDDEN)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     load_state_dict(model, state)
     np.testing.assert_array_equal(paddle_logits(model_back, x), paddle_logits(model, x))

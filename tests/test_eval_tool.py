@@ -47,7 +47,7 @@ def _expected(folder, model):
 
 def test_eval_official_pth_both_forms(folder, capsys):
     from ppcdnv2.flops import count_flops
-    from ppcdnv2.models.registry import create_model
+    from ppcdnv2.registry import create_model
 
     conv = _pth("cdnv2_a_s0_converted.pth.tar")
     unconv = _pth("cdnv2_a_s0_unconverted.pth.tar")
@@ -81,7 +81,7 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(folder, tmp_path):
     bad = root / "val" / "n02" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     weights = tmp_path / "w.pdparams"
-    from ppcdnv2.models.registry import create_model
+    from ppcdnv2.registry import create_model
     from ppcdnv2.weights import save_weights, state_dict_numpy
 
     paddle.seed(0)
@@ -100,10 +100,10 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(folder, tmp_path):
 
 
 def test_training_form_weights_cannot_come_from_converted(tmp_path):
-    from ppcdnv2.models.registry import create_model
+    from ppcdnv2.registry import create_model
     from ppcdnv2.weights import WeightsError, save_weights, state_dict_numpy
     from ppcdnv2.engine.build import load_model
-    from ppcdnv2.models.config import preset
+    from ppcdnv2 import preset
 
     w = tmp_path / "conv.pdparams"
     save_weights(state_dict_numpy(create_model("converted_cdnv2_a")), w)

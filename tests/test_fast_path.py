@@ -1,6 +1,6 @@
 """The fast condensed inference path: every way our converted model runs gives the official layout's logits.
 
-The independent reference is ``ppcdnv2.reference`` in torch with the official dense C'xC SFR matrix
+The independent reference is ``ppcdnv2.families.condensenet.reference`` in torch with the official dense C'xC SFR matrix
 (``sfr_index="dense"``). Ours runs three ways: no-grad dygraph (dense blocks in place, one buffer per
 block), grad-enabled dygraph (functional concat path, still trainable) and ``portable_ops`` (SFR folded
 into one dense 1x1 conv, the ONNX trace). A small custom configuration keeps the test fast.
@@ -15,7 +15,7 @@ from ppcdnv2.convert import official_state_to_model
 from ppcdnv2.layers import CondenseSFR
 from ppcdnv2.layers.common import channel_shuffle, channel_unshuffle
 from ppcdnv2.layers.condensed import portable_ops, targets_to_dense_index
-from ppcdnv2.models import condensenetv2 as cdnv2_module
+from ppcdnv2.families.condensenet import v2 as cdnv2_module
 from ppcdnv2.weights import load_state_dict
 
 TOL = 1e-4
@@ -26,7 +26,7 @@ CFG = ppcdnv2.preset("cdnv2_a", stages=(1, 2, 2, 2, 2), growth=(8, 8, 16, 16, 32
 def pair():
     """(our converted model, torch official-layout model, input, torch logits) with the same random weights."""
     torch = pytest.importorskip("torch")
-    from ppcdnv2.reference import build_reference, randomize_, state_dict_numpy
+    from ppcdnv2.families.condensenet.reference import build_reference, randomize_, state_dict_numpy
 
     torch.manual_seed(0)
     ref = randomize_(build_reference(CFG, "converted", sfr_index="dense"), seed=3).eval()

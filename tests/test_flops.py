@@ -7,13 +7,14 @@ are applied to what a real forward pass of the reference executes.
 """
 import pytest
 
-from ppcdnv2.flops import conv_macs, count_flops
+from ppcdnv2.flops import count_flops
+from ppcdnv2.families.condensenet.flops import conv_macs
 
 torch = pytest.importorskip("torch")
 import torch.nn as nn  # noqa: E402
 
-from ppcdnv2.reference import build_reference, torch_threads  # noqa: E402
-from ppcdnv2.reference.condensenetv2 import CondenseLGC, CondenseSFR, LGC, SFR  # noqa: E402
+from ppcdnv2.families.condensenet.reference import build_reference, torch_threads  # noqa: E402
+from ppcdnv2.families.condensenet.reference.condensenetv2 import CondenseLGC, CondenseSFR, LGC, SFR  # noqa: E402
 
 # As published in the CondenseNetV2 paper / official README (MFLOPs, M params).
 PUBLISHED = {"cdnv2_a": (45.87, 2.038), "cdnv2_b": (146.47, 3.593), "cdnv2_c": (309.74, 6.178)}

@@ -5,7 +5,7 @@ import pytest
 
 import ppcdnv2
 from ppcdnv2.convert import official_state_to_model
-from ppcdnv2.models import CondenseNetV2Config
+from ppcdnv2.families.condensenet import CondenseNetV2Config
 from ppcdnv2.weights import adapt_state_dict, load_state_dict, state_dict_numpy
 
 TOL = 1e-4

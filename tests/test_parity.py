@@ -1,4 +1,4 @@
-"""Paddle vs our PyTorch reference, every parameter and buffer randomised (``ppcdnv2.reference.randomize_``).
+"""Paddle vs our PyTorch reference, every parameter and buffer randomised (``ppcdnv2.families.condensenet.reference.randomize_``).
 
 Weights travel torch → Paddle through ``ppcdnv2.convert.keymap`` (the path official checkpoints take),
 so a wrong rename, transpose or SFR index conversion shows here as well as a wrong layer.
@@ -14,7 +14,7 @@ import paddle  # noqa: E402
 
 import ppcdnv2  # noqa: E402
 from ppcdnv2.convert.keymap import torch_to_paddle_state  # noqa: E402
-from ppcdnv2.reference import (SMALL_CONFIG as SMALL, build_reference, condense_reference,  # noqa: E402
+from ppcdnv2.families.condensenet.reference import (SMALL_CONFIG as SMALL, build_reference, condense_reference,  # noqa: E402
                                paddle_twin, randomize_, state_dict_numpy, torch_threads)
 from ppcdnv2.weights import adapt_state_dict, state_dict_numpy as paddle_numpy  # noqa: E402
 

@@ -7,7 +7,7 @@ import ppcdnv2
 from conftest import fixture_path
 from helpers_convert import paddle_logits, random_converted_state
 from ppcdnv2.convert.cli import main
-from ppcdnv2.convert.ppim import build_ppim_model, load_ppim_weights, save_ppim_weights, to_ppim_state
+from ppcdnv2.families.condensenet.ppim import build_ppim_model, load_ppim_weights, save_ppim_weights, to_ppim_state
 from ppcdnv2.weights import WeightsError, load_state_dict
 
 pytest.importorskip("ppim")

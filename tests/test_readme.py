@@ -95,7 +95,7 @@ def _released_condensenet_v1(path: Path):
     """Like upstream's ``converted_condensenet_4.pth.tar``: converted form, legacy format, ``module.`` keys."""
     import torch
 
-    from ppcdnv2.models.condensenet import preset
+    from ppcdnv2 import preset
     from test_condensenet_v1 import _random_reference
 
     model, _ = _random_reference(preset("condensenet74_c4_g4"), converted=True, batch=1)

@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ppcdnv2.reference import (SFR_INDEX_MODES, SMALL_CONFIG as SMALL, build_reference,  # noqa: E402
+from ppcdnv2.families.condensenet.reference import (SFR_INDEX_MODES, SMALL_CONFIG as SMALL, build_reference,  # noqa: E402
                                condense_reference, randomize_, set_progress, state_dict_numpy, torch_threads)
-from ppcdnv2.reference.condensenetv2 import LGC, SFR  # noqa: E402
+from ppcdnv2.families.condensenet.reference.condensenetv2 import LGC, SFR  # noqa: E402
 
 TOL = 1e-4
 
@@ -27,9 +27,9 @@ def logits(model, x):
 
 
 def test_importing_the_package_does_not_import_torch():
-    code = ("import sys, ppcdnv2, ppcdnv2.reference, ppcdnv2.convert, ppcdnv2.flops, ppcdnv2.weights; "
+    code = ("import sys, ppcdnv2, ppcdnv2.families.condensenet.reference, ppcdnv2.convert, ppcdnv2.flops, ppcdnv2.weights; "
             "assert 'torch' not in sys.modules, 'torch imported'; "
-            "ppcdnv2.reference.build_reference; assert 'torch' in sys.modules")
+            "ppcdnv2.families.condensenet.reference.build_reference; assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

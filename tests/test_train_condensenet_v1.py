@@ -13,7 +13,9 @@ import pytest
 
 from ppcdnv2.engine.build import build_model, model_config
 from ppcdnv2.engine.config import ConfigError, config_diff, load_config
-from ppcdnv2.models import CondenseNet, CondenseNetConfig, CondenseNetV2
+from ppcdnv2.families.condensenet import CondenseNetConfig
+from ppcdnv2.families.condensenet.v1 import CondenseNet
+from ppcdnv2.families.condensenet.v2 import CondenseNetV2
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -285,7 +287,7 @@ def test_eval_tool_reads_upstreams_released_v1_weights(tmp_path, capsys):
     """configs/condensenet74_c4_g4.yaml + a random converted CondenseNet-74 saved like upstream's
     ``converted_condensenet_4.pth.tar`` (legacy format, DataParallel keys): logits as the torch reference's."""
     torch = pytest.importorskip("torch")
-    pytest.importorskip("ppcdnv2.reference.condensenet")
+    pytest.importorskip("ppcdnv2.families.condensenet.reference.condensenet")
     sys.path.insert(0, str(REPO / "tests"))
     from test_condensenet_v1 import _random_reference
     from PIL import Image
@@ -293,7 +295,7 @@ def test_eval_tool_reads_upstreams_released_v1_weights(tmp_path, capsys):
 
     from ppcdnv2.data import build_dataset
     from ppcdnv2.engine.evalrun import run_eval
-    from ppcdnv2.models.condensenet import preset
+    from ppcdnv2 import preset
 
     root = tmp_path / "imagenet"
     for cls, names in {"n01": ["astronaut", "coffee"], "n02": ["chelsea", "rocket"]}.items():

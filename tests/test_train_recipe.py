@@ -7,8 +7,8 @@ import pytest
 
 from ppcdnv2.engine.ema import ModelEMA
 from ppcdnv2.engine.optim import LRSchedule, param_groups, scaled_lrs, smoothed_cross_entropy
-from ppcdnv2.models.condensenetv2 import CondenseNetV2
-from ppcdnv2.models.config import CondenseNetV2Config
+from ppcdnv2.families.condensenet.v2 import CondenseNetV2
+from ppcdnv2.families.condensenet import CondenseNetV2Config
 
 TINY = CondenseNetV2Config(stages=(1, 1, 1), growth=(4, 8, 8), bottleneck=4, condense_factor=4, trans_factor=4,
                            group_1x1=4, group_3x3=4, group_trans=4, last_se_reduction=4, hs_start_block=1,

@@ -1,4 +1,4 @@
-"""Official PyTorch checkpoints → Paddle: safe reading, key mapping, condensation, checks."""
+"""Torch checkpoints (official and other layouts) ↔ Paddle: safe reading, key mapping, condensation, checks."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,22 +27,19 @@ def extract_state_dict(obj: Any, weights: str = "ema", where: str = "checkpoint"
                      f"top-level keys: {sorted(map(str, obj))[:10]})")
 
 
-def is_training_form(state: Mapping[str, np.ndarray]) -> bool:
-    return any(k.endswith("._mask") for k in state)
-
-
 def official_state_to_model(state: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
     """An official (torch-layout) state of either form → the Paddle state of ``model`` (condensing if needed).
 
     Works for every registered family (``ppcdnv2.convert.spec``), recognised from the keys.
     """
-    from .spec import find_family
+    from ..registry import find_family
 
-    state = strip_prefix(state)
-    if not is_training_form(state) and model.form == "train":
+    family = find_family(strip_prefix(state))
+    state, _ = family.to_official(strip_prefix(state))
+    if family.form_of(state) == "converted" and model.form == "train":
         raise ValueError("a converted (condensed) checkpoint cannot be loaded into a training-form model; "
                          "use the converted_* model")
-    return find_family(state).official_to_paddle(state, model)
+    return family.official_to_paddle(state, model)
 
 
 def load_torch_weights_into(model, path, skip=(), weights: str = "ema"):
@@ -57,8 +54,7 @@ def load_torch_weights_into(model, path, skip=(), weights: str = "ema"):
 _LAZY = {
     "convert_torch_checkpoint": "api", "export_torch_checkpoint": "api", "ConversionResult": "api",
     "VerificationError": "api", "load_torch_file": "torch_file", "TorchFileError": "torch_file",
-    "UnsafeCheckpointError": "torch_file", "save_torch_file": "torch_writer", "FamilySpec": "spec",
-    "register_family": "spec", "families": "spec", "find_family": "spec", "ArchMismatchError": "checks",
+    "UnsafeCheckpointError": "torch_file", "save_torch_file": "torch_writer", "ArchMismatchError": "checks",
 }
 
 
@@ -70,5 +66,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["extract_state_dict", "is_training_form", "official_state_to_model", "load_torch_weights_into",
+__all__ = ["extract_state_dict", "official_state_to_model", "load_torch_weights_into",
            "torch_to_paddle_state", "paddle_to_torch_state", "strip_prefix", *_LAZY]

@@ -14,17 +14,15 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from ..weights import (WeightsError, atomic_write, load_state_dict, read_paddle_weights, read_safetensors,
-                       read_weights, save_weights, state_dict_numpy)
+from ..registry import Detection, find_family
+from ..weights import (TORCH_SUFFIXES, WeightsError, atomic_write, framework_of, load_state_dict,
+                       read_paddle_weights, read_safetensors, read_weights, save_weights, state_dict_numpy)
 from . import extract_state_dict
 from .checks import max_abs_diff
-from .spec import Detection, find_family
 from .torch_file import load_torch_file
 from .torch_writer import save_torch_file
 
-PADDLE_SUFFIXES = (".pdparams", ".safetensors")
 FORMATS = ("pdparams", "safetensors")
-LAYOUTS = ("ours", "ppim")
 DEFAULT_TOL = 1e-4
 
 
@@ -41,16 +39,40 @@ class ConversionResult:
     weights_key: str = ""
     n_tensors: int = 0
     max_diff: Optional[float] = None
+    torch_key: Optional[str] = None  # key of the state dict in a written torch file (None: bare)
 
     @property
     def load_hint(self) -> str:
         if is_paddle_file(self.dst):
             return self.detection.family.paddle_load_hint(self.detection.cfg, self.form, str(self.dst))
-        return f"torch: model.load_state_dict(torch.load({str(self.dst)!r}, weights_only=True)['state_dict'])"
+        if self.dst.suffix.lower() == ".safetensors":
+            return f"torch: model.load_state_dict(safetensors.torch.load_file({str(self.dst)!r}))"
+        key = f"[{self.torch_key!r}]" if self.torch_key else ""
+        return f"torch: model.load_state_dict(torch.load({str(self.dst)!r}, weights_only=True){key})"
 
 
 def is_paddle_file(path) -> bool:
-    return Path(path).suffix.lower() in PADDLE_SUFFIXES
+    """Whether ``path`` holds Paddle-layout weights: .pdparams, or .safetensors with Paddle's BatchNorm names
+    (a torch-layout .safetensors, such as timm's hub files, is a torch checkpoint here)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".pdparams":
+        return True
+    if suffix != ".safetensors":
+        return False
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="np") as f:
+            keys = list(f.keys())
+    except Exception:  # unreadable: let the Paddle reader report it
+        return True
+    keys = [k.partition("/")[2] or k for k in keys]  # our training checkpoints group keys as "model/..."
+    return framework_of(dict.fromkeys(keys)) == "paddle"
+
+
+def _read_torch_side(src: Path):
+    return read_safetensors(src) if src.suffix.lower() == ".safetensors" else load_torch_file(src)
 
 
 def _check_paths(src: Path, dst: Path, force: bool):
@@ -140,8 +162,9 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
     ``form``: "converted" (condensed; a training-form SRC is condensed here) or "train" (keep the
     masks, for fine-tuning/resuming; needs a training-form SRC). ``weights``: "ema" (default, like the
     official ``convert_and_eval.py``; falls back to the plain weights when SRC has no EMA) or "model".
-    ``layout``: "ours" or "ppim" (converted form only). ``verify``: compare logits with the torch
-    reference (needs torch).
+    SRC may be in any torch layout its family reads (the official one, timm's, ...), as a torch file or a
+    torch-layout .safetensors. ``layout``: the Paddle layout written, "ours" or one of the family's
+    ``paddle_layouts`` (e.g. "ppim"). ``verify``: compare logits with the torch reference (needs torch).
     """
     from ..condense import NotCondensedError
 
@@ -151,27 +174,35 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
         raise WeightsError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if form not in ("converted", "train"):
         raise WeightsError(f"--form must be 'converted' or 'train', got {form!r}")
-    if layout not in LAYOUTS:
-        raise WeightsError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if layout == "ppim" and (form != "converted" or fmt != "pdparams"):
-        raise WeightsError("--ppim writes the converted form as .pdparams only")
+    if layout != "ours" and fmt != "pdparams":
+        raise WeightsError(f"--{layout} writes .pdparams only")
     _check_paths(src, dst, force)
-    if dst.suffix.lower() in (".pth", ".pt", ".tar", ".ckpt"):
+    if dst.suffix.lower() in TORCH_SUFFIXES:
         raise WeightsError(f"{dst}: SRC is a torch checkpoint, so DST must be .pdparams or .safetensors "
                            f"(Paddle → torch goes the other way: a .pdparams/.safetensors SRC)")
     if verify:
         _require_torch()
 
-    obj = load_torch_file(src)
+    obj = _read_torch_side(src)
     try:
         state, key = extract_state_dict(obj, weights, where=str(src))
     except ValueError as e:
         raise WeightsError(str(e)) from None
     spec = find_family(state, where=str(src))
+    if layout != "ours" and layout not in spec.paddle_layouts:
+        raise WeightsError(f"--{layout}: {spec.title} has no {layout} layout"
+                           + (f" (it has: {', '.join(spec.paddle_layouts)})" if spec.paddle_layouts else ""))
+    try:
+        state, src_layout = spec.to_official(state)
+    except (KeyError, ValueError) as e:
+        raise WeightsError(f"{src}: {e.args[0] if e.args else e}") from None
     det = spec.detect(state, "torch", args=_checkpoint_args(obj), arch=arch, where=str(src))
+    det.layout = src_layout
     if weights == "ema" and key in ("state_dict", "model") and det.form == "train":
         det.notes.append(f"no EMA weights in {src.name}; used its {key!r}")
     _log_read(log, src, key, det)
+    if form not in spec.forms:
+        form = spec.forms[0]  # a one-form family: its only form, whatever --form says
     if det.form == "converted" and form == "train":
         raise WeightsError(f"{src}: holds the converted (condensed) form, which cannot become a training-form "
                            f"model again; use --form converted")
@@ -181,14 +212,7 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
     except NotCondensedError as e:
         raise WeightsError(f"{src}: cannot condense: {e}; or convert with --form train") from None
     load_state_dict(model, paddle_state, where=str(src))
-    if layout == "ppim":
-        if spec.name != "condensenetv2":
-            raise WeightsError(f"--ppim: ppim has CondenseNetV2 only, {src} is {spec.name}")
-        from .ppim import to_ppim_state
-
-        out = to_ppim_state(model)
-    else:
-        out = state_dict_numpy(model)
+    out = state_dict_numpy(model) if layout == "ours" else spec.to_paddle_layout(model, layout)
     result = ConversionResult(src, dst, det, form, key, len(out))
 
     def write(tmp):
@@ -201,49 +225,68 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
                                        tol, str(dst), log)
 
     atomic_write(dst, write)
-    _log(log, f"wrote {dst}: {form} form, {len(out)} tensors{', ppim layout' if layout == 'ppim' else ''}")
+    _log(log, f"wrote {dst}: {form} form, {len(out)} tensors{f', {layout} layout' if layout != 'ours' else ''}")
     return result
 
 
 def _log_read(log, src, key, det: Detection):
     what = f"{key!r}, " if key else ""
+    what += f"{det.layout} layout, " if det.layout not in ("official", "ours") else ""
     _log(log, f"read {src}: {what}{det.form} form, {det.label} [{det.source}]")
     for note in det.notes:
         _log(log, f"note: {note}")
 
 
 # --- paddle -> torch -------------------------------------------------------------------------
-def export_torch_checkpoint(src, dst, arch: Optional[str] = None, force: bool = False, verify: bool = False,
-                            tol: float = DEFAULT_TOL, log: Optional[Callable[[str], None]] = None) -> ConversionResult:
-    """Paddle weights (either form) → ``{'state_dict': ...}`` in the official torch layout (dense SFR index),
-    loadable with ``torch.load(weights_only=True)`` into the upstream model. Torch is not needed to write it."""
+def export_torch_checkpoint(src, dst, arch: Optional[str] = None, layout: str = "official", force: bool = False,
+                            verify: bool = False, tol: float = DEFAULT_TOL,
+                            log: Optional[Callable[[str], None]] = None) -> ConversionResult:
+    """Paddle weights (either form; ours or another Paddle layout such as ppim's) → a torch checkpoint in
+    ``layout`` ("official" or another of the family's ``layouts``, e.g. "timm"), loadable with
+    ``torch.load(weights_only=True)`` into that code's model: the official layout in the container the
+    upstream code loads (``Family.torch_container``), other layouts as a bare state dict; a .safetensors
+    DST is written as safetensors (as timm's hub files). Torch is not needed to write it."""
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, force)
-    if is_paddle_file(dst):
-        raise WeightsError(f"{dst}: SRC is Paddle weights, so DST is a torch checkpoint (.pth); "
-                           f"to change Paddle formats load and save with ppcdnv2.weights")
+    if dst.suffix.lower() == ".pdparams":
+        raise WeightsError(f"{dst}: SRC is Paddle weights, so DST is a torch checkpoint (.pth, or a torch-layout "
+                           f".safetensors); to change Paddle formats load and save with ppcdnv2.weights")
     if verify:
         _require_torch()
     state = read_weights(src)  # ours (.pdparams/.safetensors) or ppim's/paddle.save's
     spec = find_family(state, where=str(src))
+    if layout not in spec.layouts:
+        raise WeightsError(f"--layout {layout}: {spec.title} is written in the layouts {', '.join(spec.layouts)}")
+    state, src_layout = spec.paddle_from_external(state)
     det = spec.detect(state, "paddle", arch=arch, where=str(src))
+    det.layout = src_layout
     _log_read(log, src, "", det)
     model = load_state_dict(spec.build(det.cfg, det.form), state, where=str(src))
     official = OrderedDict(spec.paddle_to_official(state_dict_numpy(model), model))
-    result = ConversionResult(src, dst, det, det.form, "", len(official))
+    out = OrderedDict(spec.from_official(official, layout, det.cfg))
+    as_safetensors = dst.suffix.lower() == ".safetensors"
+    container = None if (layout != "official" or as_safetensors) else spec.torch_container
+    result = ConversionResult(src, dst, det, det.form, "", len(out), torch_key=container)
 
     def write(tmp):
-        save_torch_file({"state_dict": official}, tmp)
+        if as_safetensors:
+            save_weights(out, tmp, "safetensors")
+        else:
+            save_torch_file({container: out} if container else out, tmp)
         if verify:
-            import torch
+            if as_safetensors:
+                written = read_safetensors(tmp)
+            else:
+                import torch
 
-            written = torch.load(tmp, map_location="cpu", weights_only=True)["state_dict"]
+                obj = torch.load(tmp, map_location="cpu", weights_only=True)
+                written = {k: v.numpy() for k, v in (obj[container] if container else obj).items()}
             x = _random_input(det.cfg)
-            ref = reference_logits(det, {k: v.numpy() for k, v in written.items()}, det.form, x)
+            ref = reference_logits(det, spec.to_official(written)[0], det.form, x)
             result.max_diff = _compare(ref, _paddle_logits(model, x), tol, str(dst), log)
 
     atomic_write(dst, write)
-    _log(log, f"wrote {dst}: {det.form} form in the official torch layout, {len(official)} tensors")
+    _log(log, f"wrote {dst}: {det.form} form in the {layout} torch layout, {len(out)} tensors")
     return result
 
 

@@ -7,21 +7,23 @@ from typing import List, Optional
 
 from ..weights import WeightsError
 from .api import DEFAULT_TOL, FORMATS, convert_torch_checkpoint, export_torch_checkpoint, is_paddle_file
-from .spec import families
+from ..registry import families
 
 DESCRIPTION = """\
-Convert weights of the CondenseNet family ({families}) between official/user PyTorch checkpoints
-and ppcdnv2's Paddle weights.
+Convert weights of the registered families ({families}) between PyTorch checkpoints (the official
+code's, timm's, your own trainer's) and ppcdnv2's Paddle weights.
 
-torch -> Paddle (SRC is a torch file: .pth, .pth.tar, .pt, ...; DST .pdparams or .safetensors):
-  reads zip and legacy (torch < 1.6) files, bare state dicts or {'state_dict'|'state_dict_ema'|'model'},
-  'module.' prefixes and trainer checkpoints (args, optimizer, epoch, ...). The file is read by a
-  restricted reader: no pickle code from SRC runs, anything but weights is refused, and torch is
-  NOT needed (only --verify needs it).
-Paddle -> torch (SRC is .pdparams or .safetensors, either form; DST .pth): writes {'state_dict': ...} in
-  the official layout (dense SFR index), loadable with torch.load(weights_only=True) into the
-  upstream model. Written without torch; torch is needed only for --verify.
-The architecture (a preset or a custom configuration) is detected from the keys and shapes."""
+torch -> Paddle (SRC is a torch file: .pth, .pth.tar, .pt, ..., or a torch-layout .safetensors such as
+  timm's hub files; DST .pdparams or .safetensors): reads zip and legacy (torch < 1.6) files, bare state
+  dicts or {'state_dict'|'state_dict_ema'|'model'}, 'module.' prefixes and trainer checkpoints (args,
+  optimizer, epoch, ...). The file is read by a restricted reader: no pickle code from SRC runs,
+  anything but weights is refused, and torch is NOT needed (only --verify needs it).
+Paddle -> torch (SRC is our .pdparams/.safetensors or ppim's .pdparams, either form; DST .pth, or
+  .safetensors for a torch-layout safetensors file): writes the official layout as the upstream code
+  loads it (CondenseNet: {'state_dict': ...} with the dense SFR index; ReXNet: a bare state dict), or
+  --layout timm. Loadable with torch.load(weights_only=True); written without torch (only --verify needs it).
+The family, its layout and the architecture (a preset or a custom configuration) are detected from the
+keys and shapes."""
 
 EPILOG = """\
 examples:
@@ -57,8 +59,11 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, default=None,
                    help="torch -> Paddle output format (default: from DST's extension, else pdparams)")
     p.add_argument("--ppim", action="store_true",
-                   help="torch -> Paddle, CondenseNetV2: write ppim's layout (dense SFR index) for "
-                        "ppim.models.cdnv2_a/b/c")
+                   help="torch -> Paddle: write ppim's layout (CondenseNetV2: dense SFR index, for "
+                        "ppim.models.cdnv2_a/b/c; ReXNet: for ppim's rexnet models)")
+    p.add_argument("--layout", default="official", metavar="NAME",
+                   help="Paddle -> torch: the torch layout to write: 'official' (default, the upstream code's) "
+                        "or 'timm' (ReXNet: timm's names, Linear head)")
     p.add_argument("--verify", action="store_true",
                    help="build the torch reference (needs torch), load SRC (or the written .pth) into it, run it "
                         "and the Paddle model on the same random input and fail if the logits differ by more "
@@ -77,9 +82,11 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
             if args.form != "converted" or args.weights != "ema" or args.format or args.ppim:
                 raise WeightsError("--form/--weights/--format/--ppim apply to torch -> Paddle only; "
                                    "Paddle -> torch keeps SRC's form")
-            result = export_torch_checkpoint(args.src, args.dst, arch=args.arch, force=args.force,
-                                             verify=args.verify, tol=args.tol, log=say)
+            result = export_torch_checkpoint(args.src, args.dst, arch=args.arch, layout=args.layout,
+                                             force=args.force, verify=args.verify, tol=args.tol, log=say)
         else:
+            if args.layout != "official":
+                raise WeightsError("--layout applies to Paddle -> torch only; torch -> Paddle detects SRC's layout")
             result = convert_torch_checkpoint(args.src, args.dst, arch=args.arch, form=args.form,
                                               weights=args.weights, fmt=args.format,
                                               layout="ppim" if args.ppim else "ours", force=args.force,

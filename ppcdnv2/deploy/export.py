@@ -22,15 +22,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional, Tuple
 
+from ..registry import IMAGENET_MEAN, IMAGENET_STD
 from ..weights import atomic_write
 
 MODEL_SUFFIXES = (".json", ".pdmodel")
 PARAMS_SUFFIX = ".pdiparams"
 META_SUFFIX = ".meta.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
 class ExportError(RuntimeError):
@@ -48,14 +45,16 @@ class Preprocess:
     std: Tuple[float, ...] = IMAGENET_STD
 
     @classmethod
-    def for_model(cls, name: str, crop: Optional[int] = None) -> "Preprocess":
-        """Upstream's evaluation transform: bilinear for CondenseNetV2-C, bicubic otherwise (ImageNet);
-        32x32 CIFAR models take the image as it is (resized to 32) with CIFAR-10 statistics."""
-        crop = crop or 224
-        if crop == 32:
-            return cls(resize=32, crop=32, interpolation="bilinear", mean=CIFAR10_MEAN, std=CIFAR10_STD)
-        interp = "bilinear" if name.replace("converted_", "") == "cdnv2_c" else "bicubic"
-        return cls(resize=int(round(crop / 0.875)), crop=crop, interpolation=interp)
+    def for_model(cls, model) -> "Preprocess":
+        """The evaluation transform the weights of ``model`` (a model or a registered name) were published
+        with: its family's ``WeightsInfo`` (e.g. bilinear for CondenseNetV2-C, bicubic otherwise; CIFAR
+        models at 32x32 with CIFAR-10 statistics)."""
+        from ..registry import family_of, preset
+
+        cfg = preset(model) if isinstance(model, str) else model.cfg
+        info = family_of(cfg).weights_info(cfg)
+        return cls(resize=info.resize, crop=info.crop, interpolation=info.interpolation, mean=tuple(info.mean),
+                   std=tuple(info.std))
 
 
 @dataclass

@@ -14,8 +14,9 @@ import numpy as np
 
 from .export import META_SUFFIX, ExportError, ExportMeta, Preprocess, find_exported
 
+from ..weights import has_gpu as gpu_available, is_weights_file
+
 BACKENDS = ("paddle", "onednn", "onnx", "dygraph")
-WEIGHT_SUFFIXES = (".pdparams", ".safetensors", ".pth", ".pt", ".tar")
 
 
 def set_threads(n: int) -> None:
@@ -23,12 +24,6 @@ def set_threads(n: int) -> None:
     from paddle.base import core
 
     core.set_num_threads(int(n))
-
-
-def gpu_available() -> bool:
-    import paddle
-
-    return paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
 
 
 def _check_input(x) -> np.ndarray:
@@ -167,50 +162,35 @@ def parallel(predictor, workers: int):
     raise TypeError(f"{type(predictor).__name__} cannot run on worker threads")
 
 
-def _is_training_form(state) -> bool:
-    return any(k.endswith("_mask") for k in state)
-
-
 def load_converted_model(name: str, weights=None):
-    """The converted (condensed) form of model ``name`` with ``weights``, condensing training-form weights.
+    """The deployment form of model ``name`` (converted where the family condenses) holding ``weights``.
 
-    ``name`` is a registry name in either form (``cdnv2_c`` or ``converted_cdnv2_c``); the class count
-    follows the weights' classifier. Official torch checkpoints of either form are accepted too.
+    ``name`` is a registry name or alias in either form (``cdnv2_c`` or ``converted_cdnv2_c``); the class
+    count follows the weights' classifier. Any weights file ``ppcdnv2.weights`` reads is accepted
+    (ours, official or other torch layouts, ppim's); training-form weights are condensed.
     """
-    import ppcdnv2
-    from ppcdnv2.models.registry import model_entry
-    from ppcdnv2.weights import load_state_dict, read_weights
+    from ..registry import model_entry
+    from ..weights import classes_in, load_model
 
-    base = name[len("converted_"):] if name.startswith("converted_") else name
-    converted = "converted_" + base
-    model_entry(converted)  # clear KeyError for unknown names
+    entry = model_entry(name)  # clear KeyError for unknown names
+    family = entry.family
+    form = "converted" if "converted" in family.forms else "train"
+    cfg = family.preset(entry.preset)
     if weights is None:
-        return ppcdnv2.create_model(converted).eval()
+        return family.build(cfg, form).eval()
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    if not path.name.endswith((".pdparams", ".safetensors")):  # official torch file: the converter condenses
-        return ppcdnv2.create_model(converted, pretrained=str(path)).eval()
-    state = read_weights(path)
-    overrides = {}
-    for key in ("classifier.weight", "classifier.linear.weight"):  # V2 / V1's CondenseLinear; Paddle: [in, out]
-        if key in state:
-            overrides["num_classes"] = int(np.asarray(state[key]).shape[1])
-    if _is_training_form(state):
-        model = ppcdnv2.create_model(base, **overrides)
-        load_state_dict(model, state, where=str(path))
-        return ppcdnv2.condense(model).eval()
-    model = ppcdnv2.create_model(converted, **overrides)
-    load_state_dict(model, state, where=str(path))
-    return model.eval()
+    n = classes_in(path, cfg)
+    if n != cfg.num_classes:
+        cfg = cfg.replace(num_classes=n)
+    return load_model(path, cfg, form)[0].eval()
 
 
 def default_meta(name: str, model) -> ExportMeta:
-    cfg = getattr(model, "cfg", None)
-    num_classes = int(getattr(cfg, "num_classes", 1000))
-    input_size = int(getattr(cfg, "input_size", 224))
-    return ExportMeta(model=name, num_classes=num_classes, input_size=input_size,
-                      preprocess=Preprocess.for_model(name, input_size),
+    num_classes = int(getattr(model.cfg, "num_classes", 1000))
+    pre = Preprocess.for_model(model)
+    return ExportMeta(model=name, num_classes=num_classes, input_size=pre.crop, preprocess=pre,
                       labels="imagenet" if num_classes == 1000 else None)
 
 
@@ -222,7 +202,7 @@ def load_predictor(path, model_name: Optional[str] = None, backend: Optional[str
     ``threads // workers`` math threads (see ``ParallelPredictor``); onnxruntime parallelises its ops itself.
     """
     p = Path(path)
-    is_weights = p.name.endswith(WEIGHT_SUFFIXES)
+    is_weights = is_weights_file(p)
     if backend is None:
         backend = "dygraph" if is_weights else "onnx" if p.suffix == ".onnx" else "paddle"
     if backend not in BACKENDS:

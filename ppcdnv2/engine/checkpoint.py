@@ -192,6 +192,18 @@ def remove_stale_temporaries(folder, name: str) -> int:
     return n
 
 
+def is_training_checkpoint(path) -> bool:
+    """Whether ``path`` is a .safetensors file carrying our training-checkpoint header (read from the header only)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            raw = (f.metadata() or {}).get("ppcdnv2")
+        return bool(raw) and json.loads(raw).get("format") == FORMAT
+    except Exception:  # not safetensors, truncated, bad JSON: not one of ours
+        return False
+
+
 def checkpoint_weights(path, which: str = "ema") -> Tuple[Dict[str, np.ndarray], str]:
     """The model or EMA weights of a training checkpoint (for evaluation or export)."""
     ckpt = read_checkpoint(path)

@@ -16,8 +16,7 @@ import yaml
 
 SECTIONS = ("model", "data", "optimizer", "schedule", "train", "eval", "export", "debug")
 
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
+from ..registry import IMAGENET_MEAN, IMAGENET_STD
 
 # Every key a config may set, with its default (the official ImageNet recipe for CondenseNetV2-A; the
 # CondenseNet V1 recipes are configs/condensenet*.yaml).
@@ -52,8 +51,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "color_jitter": 0.0,  # brightness/contrast/saturation strength when auto_augment is off
         "auto_augment": None,  # "rand-m9-mstd0.5" (upstream) or null
         "reprob": 0.0,  # random erasing probability (upstream: 0.2, per-pixel normal noise)
-        "mean": IMAGENET_MEAN,
-        "std": IMAGENET_STD,
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
         "val_fraction": 0.2,  # digits: held-out share (stratified, fixed seed)
         "limit_train": None,  # use a fixed random subset of this many training images (quick runs)
         "limit_val": None,
@@ -214,7 +213,6 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = (),
 
 
 _CHOICES = {
-    ("model", "family"): (None, "condensenetv2", "condensenet"),
     ("data", "dataset"): ("imagenet", "cifar10", "cifar100", "digits"),
     ("data", "interpolation"): ("bilinear", "bicubic"),
     ("data", "train_interpolation"): ("bilinear", "bicubic", "random"),
@@ -227,6 +225,10 @@ _CHOICES = {
 
 
 def validate(cfg: Mapping[str, Any]) -> None:
+    from ..registry import families
+
+    if cfg["model"]["family"] is not None and cfg["model"]["family"] not in families():
+        raise ConfigError(f"model.family = {cfg['model']['family']!r}; expected one of {[None, *families()]}")
     for (sec, key), choices in _CHOICES.items():
         if cfg[sec][key] not in choices:
             raise ConfigError(f"{sec}.{key} = {cfg[sec][key]!r}; expected one of {list(choices)}")

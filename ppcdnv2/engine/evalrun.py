@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-from ..weights import WeightsError, atomic_write
-from .build import load_model, model_config
+from ..weights import WeightsError, atomic_write, has_gpu, load_model
+from .build import model_config
 from .config import load_config
 
 
@@ -35,8 +35,7 @@ def run_eval(weights: str, config: Optional[str] = None, overrides: Sequence[str
     cfg = load_config(config, overrides, base=base)
     if skip_bad:
         cfg["data"]["skip_bad"] = True
-    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
-    paddle.set_device("gpu" if has_gpu and cfg["train"]["device"] != "cpu" else "cpu")
+    paddle.set_device("gpu" if has_gpu() and cfg["train"]["device"] != "cpu" else "cpu")
 
     ds = build_dataset(cfg["data"], train=False, seed=cfg["train"]["seed"])
     mcfg = model_config(cfg["model"], num_classes=ds.num_classes)

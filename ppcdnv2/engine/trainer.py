@@ -31,6 +31,7 @@ import numpy as np
 import paddle
 
 from ..data import EvalBatchSampler, TrainBatchSampler, build_dataset, build_loader
+from ..registry import family_of
 from ..weights import atomic_write, save_weights, state_dict_numpy
 from .build import build_model, load_initial_weights
 from .checkpoint import (CheckpointError, capture_rng, read_checkpoint, remove_stale_temporaries, restore_rng,
@@ -56,11 +57,13 @@ def setup_device(train_cfg: Mapping[str, Any]):
     """Select CPU/GPU, start the process group under ``paddle.distributed.launch``; returns (device, world, rank)."""
     import paddle.distributed as dist
 
-    has_gpu = paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() > 0
+    from ..weights import has_gpu
+
+    gpu = has_gpu()
     want = train_cfg["device"]
-    if want == "gpu" and not has_gpu:
+    if want == "gpu" and not gpu:
         raise TrainError("train.device is gpu but this Paddle has no usable GPU; use train.device=cpu")
-    device = "gpu" if want == "gpu" or (want == "auto" and has_gpu) else "cpu"
+    device = "gpu" if want == "gpu" or (want == "auto" and gpu) else "cpu"
     paddle.set_device(device)
     if train_cfg.get("cpu_threads"):
         paddle.base.core.set_num_threads(int(train_cfg["cpu_threads"]))
@@ -73,7 +76,7 @@ def setup_device(train_cfg: Mapping[str, Any]):
 
 def finalize_condensation(model, input_size: int):
     """Make sure every learned layer reached its last stage (also for a one-iteration run)."""
-    if all(layer.fully_condensed for layer in model.learned_layers()):
+    if not family_of(model).progressive or all(layer.fully_condensed for layer in model.learned_layers()):
         return
     was_training = model.training
     model.eval()  # BatchNorm statistics untouched; the forward only runs the masks' catch-up
@@ -184,6 +187,10 @@ def train(cfg: Mapping[str, Any], resume: Optional[str] = None) -> Dict[str, Any
     loader = build_loader(train_ds, sampler, dc["num_workers"])
     val_loader = build_loader(val_ds, EvalBatchSampler(len(val_ds), ec["batch_size"], rank, world), dc["num_workers"])
     smoothing, lasso = float(tc["label_smoothing"]), float(tc["lasso"])
+    family = family_of(model)
+    progressive = family.progressive
+    if lasso > 0 and not family.lasso:
+        raise TrainError(f"train.lasso = {lasso:g}, but {family.title} has no group lasso; set train.lasso=0")
     bar = tc["progress_bar"] and rank == 0
     log(f"training {len(train_ds)} images, {steps_per_epoch} steps/epoch x {epochs} epochs, global batch "
         f"{global_batch} on {world} {device} device(s), peak lr {lr:g}")
@@ -213,7 +220,8 @@ def train(cfg: Mapping[str, Any], resume: Optional[str] = None) -> Dict[str, Any
         for images, labels, _ in loader:
             lr_now = schedule(step)
             optimizer.set_lr(lr_now)
-            model.set_progress(step / total_steps)
+            if progressive:
+                model.set_progress(step / total_steps)
             if dbg["dump_grads"]:  # debug: each rank's gradients of the first step, then stop
                 return _dump_grads(net, model, optimizer, images, labels, micro, world, smoothing, lasso,
                                    dbg["dump_grads"], rank)
@@ -348,7 +356,10 @@ def _finish(cfg, model, ema, val_ds, out: Path, input_size: int, log, bar) -> Di
     res_train = evaluate(final, loader, val_ds, predictions=True, desc="final (training form)", progress_bar=bar)
     summary: Dict[str, Any] = {"weights": which, "train_form": vars_of(res_train)}
     log(f"final {which} weights, training form: {res_train}")
-    if cfg["export"]["condense"]:
+    if not family_of(final).condensable:
+        fl = count_flops(final.cfg, "train")
+        summary.update({"mflops": fl.flops / 1e6, "mparams": fl.params / 1e6})
+    elif cfg["export"]["condense"]:
         condensed = condense(final)
         condensed.eval()
         res_conv = evaluate(condensed, loader, val_ds, predictions=True, desc="final (condensed)", progress_bar=bar)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from ..models.config import CondenseNetV2Config, preset
+from ..config import CondenseNetV2Config
 from .common import (Conv, HS, SELayer, calibrate_bn_, dense_trunk, init_like_upstream_, make_activation,
                      randn, randomize_weights_, shuffle, shuffle_trans, state_dict_numpy)  # first: clear error without torch
 
@@ -276,6 +276,8 @@ def _resolve_cfg(cfg) -> CondenseNetV2Config:
     if isinstance(cfg, CondenseNetV2Config):
         return cfg
     if isinstance(cfg, str):
+        from ....registry import preset
+
         return preset(cfg)
     if isinstance(cfg, dict):
         return CondenseNetV2Config.from_dict(cfg)
@@ -419,9 +421,9 @@ def randomize_(model: ReferenceCondenseNetV2, seed: int = 0, batch: int = 8) -> 
 
 def paddle_twin(model: ReferenceCondenseNetV2):
     """The ``ppcdnv2`` model (same config and form) holding ``model``'s weights, loaded strictly via the keymap."""
-    from ..convert.keymap import torch_to_paddle_state
-    from ..models.condensenetv2 import CondenseNetV2
-    from ..weights import load_state_dict
+    from ....convert.keymap import torch_to_paddle_state
+    from ....weights import load_state_dict
+    from ..v2 import CondenseNetV2
 
     twin = CondenseNetV2(model.cfg, form=model.form)
     load_state_dict(twin, torch_to_paddle_state(state_dict_numpy(model), twin), where="reference state")

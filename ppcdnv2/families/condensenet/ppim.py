@@ -13,8 +13,8 @@ from typing import Dict, Mapping, Union
 
 import numpy as np
 
-from ..layers import CondenseSFR, targets_to_dense_index
-from ..weights import (PADDLE_NAME_TABLE, WeightsError, load_state_dict, read_paddle_weights, save_weights,
+from ...layers import CondenseSFR, targets_to_dense_index
+from ...weights import (PADDLE_NAME_TABLE, WeightsError, load_state_dict, read_paddle_weights, save_weights,
                        state_dict_numpy)
 
 

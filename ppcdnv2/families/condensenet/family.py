@@ -1,4 +1,7 @@
-"""CondenseNetV2 as a converter family: recognised by its SFR keys, sized from its weight shapes.
+"""The CondenseNet families (V2 and V1) in the registry: models, condensation, FLOPs, torch references,
+and how the converter recognises and sizes their checkpoints.
+
+CondenseNetV2 is recognised by its SFR keys and sized from its weight shapes.
 
 What the shapes show (either form unless said): stages (dense-layer counts), growth (``conv_2``
 outputs), bottleneck, group_3x3, SE start (first block with ``se`` keys), last SE reduction,
@@ -15,8 +18,8 @@ from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..models.config import PRESETS, CondenseNetV2Config
-from .spec import FamilySpec, register_family
+from ...registry import CIFAR_EVAL, IMAGENET_EVAL, Family, WeightsInfo, register_family
+from .config import V1_PRESETS, V2_PRESETS, CondenseNetConfig, CondenseNetV2Config
 
 _LAYER = re.compile(r"^features\.denseblock_(\d+)\.denselayer_(\d+)\.")
 
@@ -76,24 +79,69 @@ def converted_lgc_groups(state: Mapping[str, np.ndarray], in_channels: int) -> T
     return groups, in_channels * groups // n_index
 
 
-class CondenseNetV2Family(FamilySpec):
+class _CondenseFamily(Family):
+    """What both CondenseNet families share: two forms, progress-driven condensation, group lasso."""
+
+    forms = ("train", "converted")
+    condensable = True
+    progressive = True
+    lasso = True
+    paddle_layouts = ()
+    published: Mapping[str, WeightsInfo] = {}
+
+    def weights_info(self, cfg) -> WeightsInfo:
+        for name, p in self.presets.items():
+            if p == cfg and name in self.published:
+                return self.published[name]
+        return CIFAR_EVAL if cfg.stem == "cifar" else IMAGENET_EVAL
+
+    def condense(self, model):
+        from ...condense import condense_model
+
+        return condense_model(model)
+
+    def count_flops(self, cfg, form="train", input_size=None):
+        from .flops import count_flops
+
+        return count_flops(cfg, form, input_size)
+
+
+class CondenseNetV2Family(_CondenseFamily):
     name = "condensenetv2"
+    title = "CondenseNetV2"
     config_class = CondenseNetV2Config
-    presets = PRESETS
-    build_function = "ppcdnv2.build_condensenetv2"
+    presets = V2_PRESETS
+    paddle_layouts = ("ppim",)
+    # the official evaluation (jianghaojun/CondenseNetV2): 256 → 224, bicubic for A/B, bilinear for C;
+    # paper top-1, official counter's FLOPs/params
+    published = {
+        "cdnv2_a": IMAGENET_EVAL.replace(top1=64.4, mflops=45.87, mparams=2.038,
+                                         files=("cdnv2_a_converted.pth.tar",)),
+        "cdnv2_b": IMAGENET_EVAL.replace(top1=71.9, mflops=146.47, mparams=3.593,
+                                         files=("cdnv2_b_converted.pth.tar",)),
+        "cdnv2_c": IMAGENET_EVAL.replace(interpolation="bilinear", top1=75.9, mflops=309.74, mparams=6.178,
+                                         files=("cdnv2_c_converted.pth.tar", "cdnv2_c_unconverted.pth.tar")),
+    }
+
+    def model_class(self):
+        from .v2 import CondenseNetV2
+
+        return CondenseNetV2
 
     def claims(self, keys) -> bool:
         return any(_LAYER.match(k) and ".sfr." in k for k in keys)
 
-    def build(self, cfg, form):
-        from ..models.condensenetv2 import CondenseNetV2
-
-        return CondenseNetV2(cfg, form=form)
-
     def build_reference(self, cfg, form):
-        from ..reference import build_reference
+        from .reference import build_reference
 
         return build_reference(cfg, form, sfr_index="dense")
+
+    def to_paddle_layout(self, model, layout):
+        if layout != "ppim":
+            return super().to_paddle_layout(model, layout)
+        from .ppim import to_ppim_state
+
+        return to_ppim_state(model)
 
     def config_from_args(self, args):
         try:
@@ -156,4 +204,81 @@ class CondenseNetV2Family(FamilySpec):
         return None
 
 
-register_family(CondenseNetV2Family())
+class CondenseNetFamily(_CondenseFamily):
+    name = "condensenet"
+    title = "CondenseNet (V1)"
+    config_class = CondenseNetConfig
+    presets = V1_PRESETS
+    published = {  # upstream README (ShichenLiu/CondenseNet): converted models, 256 → 224 bicubic
+        "condensenet74_c4_g4": IMAGENET_EVAL.replace(top1=73.8, mflops=529.33, mparams=4.77, published_form="converted",
+                                                     files=("converted_condensenet_4.pth.tar",)),
+        "condensenet74_c8_g8": IMAGENET_EVAL.replace(top1=71.1, mflops=274.23, mparams=2.94, published_form="converted",
+                                                     files=("converted_condensenet_8.pth.tar",)),
+    }
+
+    def model_class(self):
+        from .v1 import CondenseNet
+
+        return CondenseNet
+
+    def condensed_equivalent(self, model):
+        from ...condense import pruned_classifier_twin
+
+        return pruned_classifier_twin(model)
+    # the same mask reading as V2's
+    _from_masks = staticmethod(CondenseNetV2Family._from_masks)
+
+    def claims(self, keys) -> bool:
+        keys = list(keys)
+        return (any(_LAYER.match(k) for k in keys) and not any(".sfr." in k for k in keys)
+                and any(k.startswith("classifier.") for k in keys) and "fc.weight" not in keys)
+
+    def build_reference(self, cfg, form):
+        from .reference.condensenet import CondenseNet
+
+        return CondenseNet(cfg, converted=form == "converted")
+
+    def reference_in_form(self, ref, form):
+        # condensing the classifier drops half of its inputs: the logits change, so verify against
+        # upstream's own conversion of the loaded reference
+        if form == "converted" and not ref.converted:
+            from .reference.condensenet import convert_model
+
+            return convert_model(ref)
+        return ref
+
+    def config_from_args(self, args):
+        try:
+            return CondenseNetConfig.from_official_args(args)
+        except (TypeError, ValueError, AttributeError, KeyError):
+            return None
+
+    def infer_config(self, state: Mapping[str, np.ndarray], layout: str, form: str) -> Tuple[CondenseNetConfig, List[str]]:
+        fields, in_ch = dense_trunk(state)
+        stages, growth = fields["stages"], fields["growth"]
+        num_features = in_ch + sum(s * g for s, g in zip(stages, growth))
+        hidden = ["stem", "dropout_rate"]
+        out_axis = 0 if layout == "torch" else 1  # Linear weights: torch [out, in], Paddle [in, out]
+        if form == "converted":
+            fields["group_1x1"], fields["condense_factor"] = converted_lgc_groups(state, in_ch)
+            if "classifier.linear.weight" in state:
+                weight = state["classifier.linear.weight"]
+                kept = weight.shape[1 - out_axis]
+                fields["num_classes"] = weight.shape[out_axis]
+                fields["classifier_keep"] = 0.5 if int(num_features * 0.5) == kept else kept / num_features
+            else:
+                fields["num_classes"] = 0
+        else:
+            found = self._from_masks(state, "conv_1", False, stages)
+            if found is None:
+                hidden += ["group_1x1", "condense_factor"]
+            else:
+                fields["group_1x1"], fields["condense_factor"] = found
+            hidden.append("classifier_keep")
+            fields["num_classes"] = (state["classifier.weight"].shape[out_axis] if "classifier.weight" in state
+                                     else 0)
+        return CondenseNetConfig(**fields), hidden
+
+
+CONDENSENETV2 = register_family(CondenseNetV2Family())
+CONDENSENET = register_family(CondenseNetFamily())

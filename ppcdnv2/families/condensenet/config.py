@@ -1,4 +1,4 @@
-"""Architecture configuration of the CondenseNetV2 family, and what the CondenseNet families' configs share.
+"""Architecture configurations of CondenseNetV2 and CondenseNet (V1), and what they share.
 
 Kept free of Paddle and torch so the Paddle model, the torch reference, the FLOPs counter and the
 converter's architecture detection all read one description of the network.
@@ -75,15 +75,6 @@ class CondenseConfigBase:
         return tuple(int(v) for v in (value.split("-") if isinstance(value, str) else value))
 
 
-def lookup_preset(presets: Mapping[str, CondenseConfigBase], name: str, title: str, **overrides):
-    """``presets[name]`` (a ``converted_`` prefix is ignored), with field overrides; ``title`` names the
-    family in the error."""
-    base = name[len("converted_"):] if name.startswith("converted_") else name
-    if base not in presets:
-        raise KeyError(f"unknown {title} preset {name!r}; known: {sorted(presets)}")
-    return presets[base].replace(**overrides) if overrides else presets[base]
-
-
 @dataclass(frozen=True)
 class CondenseNetV2Config(CondenseConfigBase):
     """Hyper-parameters of a CondenseNetV2; field meanings follow the official ``args`` names."""
@@ -122,7 +113,7 @@ class CondenseNetV2Config(CondenseConfigBase):
 
 
 # The official presets (model/condensenetv2.py of jianghaojun/CondenseNetV2), ImageNet, 1000 classes.
-PRESETS: Dict[str, CondenseNetV2Config] = {
+V2_PRESETS: Dict[str, CondenseNetV2Config] = {
     "cdnv2_a": CondenseNetV2Config(
         stages=(1, 1, 4, 6, 8), growth=(8, 8, 16, 32, 64), condense_factor=8, trans_factor=8,
         group_1x1=8, group_3x3=8, group_trans=8, fc_channel=828),
@@ -135,6 +126,61 @@ PRESETS: Dict[str, CondenseNetV2Config] = {
 }
 
 
-def preset(name: str, **overrides) -> CondenseNetV2Config:
-    """A preset by name (``cdnv2_a`` or ``converted_cdnv2_a`` alike), with field overrides."""
-    return lookup_preset(PRESETS, name, CondenseNetV2Config.family_title, **overrides)
+@dataclass(frozen=True)
+class CondenseNetConfig(CondenseConfigBase):
+    """Hyper-parameters of a CondenseNet (V1); field names follow upstream's ``main.py`` arguments.
+
+    Geometry (``init_stride``, ``pool_size``, ``input_size``, ``num_features``), ``replace``,
+    ``to_dict``/``from_dict`` and the stages/growth/stem checks are shared with V2 (``CondenseConfigBase``).
+    """
+
+    family_title: ClassVar[str] = "CondenseNet"
+
+    stages: Tuple[int, ...] = (4, 6, 8, 10, 8)
+    growth: Tuple[int, ...] = (8, 16, 32, 64, 128)
+    bottleneck: int = 4
+    group_1x1: int = 4
+    group_3x3: int = 4
+    condense_factor: int = 4  # LGC keeps 1/condense_factor of its input connections per group
+    dropout_rate: float = 0.0  # dropout before each LGC convolution (training form only)
+    classifier_keep: float = 0.5  # fraction of features the condensed classifier keeps (upstream: 0.5)
+    num_classes: int = 1000
+    stem: str = "imagenet"  # "imagenet": stride-2 stem, 7x7 final pool; "cifar": stride 1, 8x8 pool
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0.0 < self.classifier_keep <= 1.0:
+            raise ValueError(f"classifier_keep must be in (0, 1], got {self.classifier_keep}")
+
+    @property
+    def classifier_features(self) -> int:
+        """Input features the condensed classifier keeps (upstream: ``int(in_features * 0.5)``)."""
+        return int(self.num_features * self.classifier_keep)
+
+    @classmethod
+    def from_official_args(cls, args: Any) -> "CondenseNetConfig":
+        """Build from upstream's ``argparse.Namespace`` (or a dict of it): ``data``, ``stages``, ``growth``, ..."""
+        get = cls._args_getter(args)
+        data = str(get("data", "imagenet"))
+        group_1x1 = get("group_1x1", 4)
+        default_classes = {"cifar10": 10, "cifar100": 100}.get(data, 1000)
+        return cls(stages=cls._int_tuple(get("stages")), growth=cls._int_tuple(get("growth")),
+                   bottleneck=get("bottleneck", 4), group_1x1=group_1x1, group_3x3=get("group_3x3", 4),
+                   condense_factor=get("condense_factor") or group_1x1,
+                   dropout_rate=float(get("dropout_rate", 0.0) or 0.0),
+                   num_classes=get("num_classes", default_classes),
+                   stem="cifar" if data in ("cifar10", "cifar100") else "imagenet")
+
+
+def _cifar(n: int, growth=(8, 16, 32)) -> CondenseNetConfig:
+    return CondenseNetConfig(stages=(n, n, n), growth=growth, num_classes=10, stem="cifar")
+
+
+# The published models: ImageNet CondenseNet-74 (upstream README/script.sh) and the CIFAR table of the
+# paper (depth = 6 N + 2; CIFAR-10 heads, pass num_classes=100 for CIFAR-100).
+V1_PRESETS: Dict[str, CondenseNetConfig] = {
+    "condensenet74_c4_g4": CondenseNetConfig(),
+    "condensenet74_c8_g8": CondenseNetConfig(group_1x1=8, group_3x3=8, condense_factor=8),
+    **{f"condensenet_cifar{d}": _cifar((d - 2) // 6) for d in (50, 74, 86, 98, 110, 122)},
+    "condensenet_cifar182": _cifar(30, growth=(12, 24, 48)),
+}
