@@ -1,52 +1,72 @@
-"""CPU inference benchmark of condensed CondenseNetV2 A/B/C: ours vs ppim vs the official PyTorch layout.
+"""CPU inference benchmark, one process per engine: ours (Paddle dygraph, Paddle Inference, ONNX) vs the
+official-layout PyTorch model (eager and exported to ONNX) vs ppim, on CondenseNetV2 A/B/C (condensed
+form) and ReXNet-1.0.
 
-In one process, with the same random (but fully condensed, BN-calibrated) weights in every engine:
+Why one process per engine: OpenMP runtimes do not share a process well. torch, onnxruntime and Paddle
+(MKL/oneDNN) each keep their own spinning thread pool; after onnxruntime or Paddle Inference had run in
+a process, torch took 6 s instead of 0.1 s per image there. So this script only orchestrates (it never
+imports Paddle, torch or onnxruntime) and every measurement is a fresh ``benchmarks/engines.py`` child:
 
-  ours-dygraph      ppcdnv2 converted model, Paddle dygraph (no grad: in-place dense blocks)
-  ours-infer        the same model exported with paddle.jit.save, Paddle Inference CPU predictor
-  ours-*-1t         the same with 1 math thread (Paddle's BLAS threads only slow its small GEMMs down at batch 1)
-  ours-dygraph-x2   ours-dygraph with each batch split over 2 worker threads, 1 math thread each
-  ours-infer-x2     ours-infer split over 2 cloned predictors (not run by default: scales poorly)
-  ours-onednn       Paddle Inference with oneDNN (not run by default: slower here)
-  ppim              ppim's cdnv2 (dense C'xC SFR matrix), Paddle dygraph, weights converted from ours
-  torch             PyTorch model with the official module layout and dense SFR index matrix
-                    (``ppcdnv2.families.condensenet.reference.build_reference(cfg, 'converted', sfr_index='dense')``)
-  torch-x2          torch with each batch split over 2 worker threads, 1 intra-op thread each
+1. prepare, one child per model: random but fully trained-looking weights (CondenseNetV2: the
+   upstream-layout training-form torch model with masks driven through every stage and BN calibrated,
+   converted to ours and ``ppcdnv2.condense``-d; ReXNet: every parameter random, BN calibrated), then
+   every artefact: our ``.pdparams``, Paddle Inference export, our ONNX, the official-layout torch
+   state dict and its own ``torch.onnx`` export, a ppim ``.pdparams``, a reference input and our
+   dygraph logits. ``ppcdnv2.condense()`` is timed in its own Paddle-only child.
+2. ``--rounds`` rounds; in each, for every model and thread count, one child per engine (the order
+   rotates each round, so a load change on the machine hits every engine alike). A child loads its
+   artefact, sets its thread count explicitly (and ``OMP_NUM_THREADS`` etc. in its environment),
+   checks its logits against ours-dygraph's (max |Δlogit|), warms up and times batch-1 latency
+   (median over ``--iters`` calls) and batch-16 throughput. The load average is recorded around
+   every round; figures are medians over rounds.
+3. Utilisation: a numpy float32 2048² GEMM per thread count gives the machine's attainable MAC/s;
+   the multiply-adds our counter says the condensed model executes per image, times images/s, over
+   that, is the share of it a model reaches (the official layout executes more: its dense SFR matmul).
 
-Every engine gets the same thread budget (``--threads``, default 2). Engines are timed round-robin so a
-load change on the machine hits them alike; each figure is the median over ``--repeats`` runs. Batch 1
-gives latency (ms), batch 16 throughput (images/s). Also: ``ppcdnv2.condense()`` time on the
-training-form model and the size of the converted ``.pdparams`` (vs the official-layout torch file).
+Engines: ours-dygraph, ours-infer, ours-onnx, ours-openvino (if ``openvino`` is installed), torch
+(official layout, eager, no_grad), torch-onnx (the same exported by ``torch.onnx``: the best a user of
+upstream alone gets), ppim. ``--train-step`` adds one SGD step of CondenseNetV2-A, training form, ours
+vs the upstream-layout torch model. An engine that fails is reported with its reason; the exit status
+is 0 only if every requested engine ran (optional engines that are not installed excepted).
 
-  python benchmarks/benchmark.py                      # A, B, C, all default engines
-  python benchmarks/benchmark.py --quick              # C only, fewer repeats
-  python benchmarks/benchmark.py --models c --engines ours-dygraph,torch --repeats 10 --json out.json
+  python benchmarks/benchmark.py                                  # A, B, C, ReXNet; 1 and 2 threads
+  python benchmarks/benchmark.py --quick                          # smoke run: cdnv2_a, 2 threads, batch 1
+  python benchmarks/benchmark.py --models cdnv2_c,rexnet_100 --rounds 3 --json out.json
+  python benchmarks/benchmark.py --engines ours-onnx,torch-onnx --threads 1 --batches 16 --train-step
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
+HERE = Path(__file__).resolve().parent
+CHILD = HERE / "engines.py"
+MARK = "@@BENCH@@"
+MODELS = ("cdnv2_a", "cdnv2_b", "cdnv2_c", "rexnet_100")
+ALIASES = {"a": "cdnv2_a", "b": "cdnv2_b", "c": "cdnv2_c", "rexnet": "rexnet_100"}
+ENGINES = ("ours-dygraph", "ours-infer", "ours-onnx", "ours-openvino", "torch", "torch-onnx", "ppim")
+OURS = tuple(e for e in ENGINES if e.startswith("ours"))
+RIVALS = ("torch", "torch-onnx", "ppim")
+OPTIONAL = {"ours-openvino": "openvino", "ppim": "ppim"}  # engine → module; skipped if not installed
+PACKAGES = ("paddlepaddle", "torch", "onnxruntime", "onnx", "paddle2onnx", "ppim", "openvino", "numpy", "ppcdnv2")
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
-ALL_ENGINES = ("ours-dygraph", "ours-dygraph-1t", "ours-infer", "ours-infer-1t", "ours-dygraph-x2", "ours-infer-x2",
-               "ours-onednn", "ppim", "torch", "torch-x2")
-DEFAULT_ENGINES = ("ours-dygraph", "ours-dygraph-1t", "ours-infer", "ours-infer-1t", "ours-dygraph-x2", "ppim",
-                   "torch", "torch-x2")
-SPLIT_ENGINES = ("ours-dygraph-x2", "ours-infer-x2", "torch-x2")  # batch split: nothing to split at batch 1
-OURS = tuple(e for e in ALL_ENGINES if e.startswith("ours"))
 
-
+# --- machine ------------------------------------------------------------------------------------------
 def machine_info() -> dict:
+    """CPU, cores, versions: read from metadata, never by importing the frameworks here."""
     cpu = platform.processor() or "unknown CPU"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -55,18 +75,14 @@ def machine_info() -> dict:
                 break
     except OSError:
         pass
-    import paddle
-    import torch
-
-    info = {"date": datetime.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "paddle": paddle.__version__, "torch": torch.__version__}
-    try:
-        import ppim
-
-        info["ppim"] = getattr(ppim, "__version__", "installed")
-    except ImportError:
-        info["ppim"] = None
-    return info
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu, "cores": os.cpu_count(),
+            "python": platform.python_version(), "versions": versions}
 
 
 def load_average() -> str:
@@ -76,247 +92,349 @@ def load_average() -> str:
         return "n/a"
 
 
-# --- models ---------------------------------------------------------------------------------------
-class Bench:
-    """All engines of one preset, with the same weights."""
+# --- children -----------------------------------------------------------------------------------------
+class Child:
+    """Run one ``engines.py`` job in a fresh interpreter with ``threads`` everywhere in its environment."""
 
-    def __init__(self, name: str, engines, threads: int, workdir: Path, seed: int = 0):
-        import paddle
-        import torch
+    def __init__(self, logdir: Path, timeout: float):
+        self.logdir, self.timeout, self.count = logdir, timeout, 0
+        logdir.mkdir(parents=True, exist_ok=True)
 
-        import ppcdnv2
-        from ppcdnv2.convert import official_state_to_model
-        from ppcdnv2.deploy import DygraphPredictor, PaddlePredictor, export_inference, parallel
-        from ppcdnv2.families.condensenet.reference import build_reference, condense_reference, randomize_, state_dict_numpy
-        from ppcdnv2.weights import load_state_dict
-
-        self.name, self.threads = name, threads
-        cfg = ppcdnv2.preset(name)
-        # weights: upstream-style training form, masks driven through every stage, BN calibrated
-        ref_train = randomize_(build_reference(cfg, "train", sfr_index="dense"), seed=seed)
-        train = ppcdnv2.build_condensenetv2(cfg, form="train")
-        load_state_dict(train, official_state_to_model(state_dict_numpy(ref_train), train))
-        times = []
-        for _ in range(3):
-            t = time.perf_counter()
-            ours = ppcdnv2.condense(train)
-            times.append(time.perf_counter() - t)
-        self.condense_s = statistics.median(times)
-        ours.eval()
-        self.ours = ours
-        torch_model = condense_reference(ref_train, "dense").eval()
-
-        paddle_path = workdir / f"{name}.pdparams"
-        paddle.save(ours.state_dict(), str(paddle_path))
-        torch_path = workdir / f"{name}_official_layout.pth"
-        torch.save(torch_model.state_dict(), str(torch_path))
-        self.sizes_mb = {"ours .pdparams": paddle_path.stat().st_size / 2**20,
-                         "official layout .pth": torch_path.stat().st_size / 2**20}
-
-        self.engines = {}
-        need = set(engines)
-        if need & {"ours-dygraph", "ours-dygraph-1t", "ours-dygraph-x2"}:
-            dy = DygraphPredictor(ours)
-            self.engines["ours-dygraph"] = (dy, threads)
-            self.engines["ours-dygraph-1t"] = (dy, 1)
-            self.engines["ours-dygraph-x2"] = (parallel(dy, 2), 1)
-        if need & {"ours-infer", "ours-infer-1t", "ours-infer-x2", "ours-onednn"}:
-            files = export_inference(ours, workdir / name)
-            self.engines["ours-infer"] = (PaddlePredictor(files.prefix, threads=threads), threads)
-            if "ours-infer-1t" in need:
-                self.engines["ours-infer-1t"] = (PaddlePredictor(files.prefix, threads=1), 1)
-            if "ours-infer-x2" in need:
-                self.engines["ours-infer-x2"] = (parallel(PaddlePredictor(files.prefix, threads=1), 2), 1)
-            if "ours-onednn" in need:
-                self.engines["ours-onednn"] = (PaddlePredictor(files.prefix, threads=threads, onednn=True), threads)
-        if "ppim" in need:
-            from ppcdnv2.families.condensenet.ppim import build_ppim_model, to_ppim_state
-
-            ppim_model = build_ppim_model(cfg)
-            ppim_model.set_state_dict({k: paddle.to_tensor(v) for k, v in to_ppim_state(ours).items()})
-            self.engines["ppim"] = (_ModelCall(ppim_model.eval(), "paddle"), threads)
-        if need & {"torch", "torch-x2"}:
-            self.engines["torch"] = (_ModelCall(torch_model, "torch"), threads)
-            self.engines["torch-x2"] = (_Split(_ModelCall(torch_model, "torch"), 2), 1)
-        self.engines = {k: v for k, v in self.engines.items() if k in need}
-
-    def check(self, batch: int = 2) -> dict:
-        """Max |logit difference| of every engine against ours-dygraph (also a sanity check of the weights)."""
-        x = np.random.default_rng(1).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-        from ppcdnv2.deploy import DygraphPredictor
-
-        ref = DygraphPredictor(self.ours)(x)
-        out = {"logit std": float(ref.std())}
-        for name, (engine, threads) in self.engines.items():
-            set_threads(threads)
-            out[name] = float(np.abs(engine(x) - ref).max())
-        return out
+    def __call__(self, label: str, job_args, threads: int) -> dict:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{k: str(threads) for k in THREAD_ENV})
+        self.count += 1
+        log = self.logdir / f"{self.count:03d}-{label.replace('/', '_')}.log"
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, str(CHILD), *job_args], capture_output=True, text=True, env=env,
+                                  timeout=self.timeout)
+        except subprocess.TimeoutExpired as e:
+            log.write_text(_text(e.stdout) + "\n--- stderr\n" + _text(e.stderr))
+            return {"ok": False, "error": f"timed out after {self.timeout:.0f} s", "wall_s": self.timeout,
+                    "log": str(log)}
+        log.write_text(proc.stdout + "\n--- stderr\n" + proc.stderr)
+        wall = time.perf_counter() - t
+        lines = [l for l in proc.stdout.splitlines() if l.startswith(MARK)]
+        if lines:
+            res = json.loads(lines[-1][len(MARK):])
+        else:  # crashed before it could say why: its last words
+            tail = [l.strip() for l in proc.stderr.splitlines() if l.strip() and "Warning" not in l]
+            res = {"ok": False, "error": f"exit {proc.returncode}: " + (tail[-1][:300] if tail else "no output")}
+        res.update(wall_s=wall, log=str(log))
+        return res
 
 
-class _ModelCall:
-    """numpy batch → numpy logits through a Paddle or torch model, gradients off."""
-
-    def __init__(self, model, framework: str):
-        self.model, self.framework = model, framework
-
-    def __call__(self, x):
-        if self.framework == "torch":
-            import torch
-
-            with torch.no_grad():
-                return self.model(torch.from_numpy(x)).numpy()
-        import paddle
-
-        with paddle.no_grad():
-            return self.model(paddle.to_tensor(x)).numpy()
+def _text(b) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
 
 
-class _Split:
-    """Batch halves on worker threads (torch releases the GIL in its ops too)."""
-
-    def __init__(self, fn, workers: int):
-        self.fn, self.workers = fn, workers
-
-    def __call__(self, x):
-        if len(x) < 2:
-            return self.fn(x)
-        chunks = np.array_split(x, self.workers)
-        out = [None] * len(chunks)
-
-        def run(i):
-            out[i] = self.fn(chunks[i])
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(chunks))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return np.concatenate(out)
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
-def set_threads(n: int) -> None:
-    import torch
-
-    from ppcdnv2.deploy import set_threads as paddle_threads
-
-    paddle_threads(n)
-    torch.set_num_threads(n)
-
-
-def time_engines(bench: Bench, batch: int, repeats: int, warmup: int) -> dict:
-    x = np.random.default_rng(2).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-    engines = {k: v for k, v in bench.engines.items() if not (batch == 1 and k in SPLIT_ENGINES)}
-    for engine, threads in engines.values():
-        set_threads(threads)
-        for _ in range(warmup):
-            engine(x)
-    times = {k: [] for k in engines}
-    for _ in range(repeats):
-        for name, (engine, threads) in engines.items():
-            set_threads(threads)
-            if batch == 1:
-                engine(x)  # warm this engine's caches after the others ran: latency of back-to-back calls
-            t = time.perf_counter()
-            engine(x)
-            times[name].append(time.perf_counter() - t)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v)} for k, v in times.items()}
+# --- aggregation --------------------------------------------------------------------------------------
+def summarise(runs, models, threads_list, engines, batches) -> dict:
+    """Per model, threads, engine: median over rounds of each round's median time, spread, worst |Δlogit|."""
+    out = {}
+    for m in models:
+        for n in threads_list:
+            for e in engines:
+                mine = [r for r in runs if (r["model"], r["threads"], r["engine"]) == (m, n, e)]
+                ok = [r for r in mine if r.get("ok")]
+                s = {"runs": len(mine), "ok": len(ok), "errors": sorted({r["error"] for r in mine if not r.get("ok")})}
+                if ok:
+                    s["max_abs_diff"] = max(r["max_abs_diff"] for r in ok)
+                    s["foreign_frameworks"] = sorted({f for r in ok for f in r.get("foreign_frameworks", [])})
+                    for b in batches:
+                        per_round = [r["timing"][str(b)]["median_s"] for r in ok if str(b) in r["timing"]]
+                        busy = [r["timing"][str(b)]["cores_busy"] for r in ok if str(b) in r["timing"]]
+                        if per_round:
+                            s[str(b)] = {"median_s": statistics.median(per_round), "min_s": min(per_round),
+                                         "max_s": max(per_round), "rounds": per_round,
+                                         "cores_busy": statistics.median(busy)}
+                out.setdefault(m, {}).setdefault(str(n), {})[e] = s
+    return out
 
 
-# --- report ---------------------------------------------------------------------------------------
-def _fmt(res, batch):
-    if res is None:
+def best_ours(cell: dict, batch: int):
+    """(engine, seconds) of our fastest engine at ``batch`` in one (model, threads) cell, or None."""
+    times = {e: cell[e][str(batch)]["median_s"] for e in OURS if e in cell and str(batch) in cell[e]}
+    return min(times.items(), key=lambda kv: kv[1]) if times else None
+
+
+# --- report -------------------------------------------------------------------------------------------
+def _latency(s, batch, spread):
+    if s is None:
         return "—"
-    s = res["median_s"]
-    return f"{s * 1000:.0f} ms" if batch == 1 else f"{batch / s:.2f} img/s"
+    v = s["median_s"] * 1000 if batch == 1 else batch / s["median_s"]
+    lo, hi = (s["min_s"] * 1000, s["max_s"] * 1000) if batch == 1 else (batch / s["max_s"], batch / s["min_s"])
+    prec = 1 if v >= 10 else 2
+    text = f"{v:.{prec}f}"
+    return text + (f" ({lo:.{prec}f}–{hi:.{prec}f})" if spread and len(s["rounds"]) > 1 else "")
 
 
-def report(results: dict, info: dict, engines) -> str:
-    lines = [f"CPU inference, {info['date']}, {info['cpu']} ({info['cores']} cores), {info['threads']} threads "
-             f"per engine; Paddle {info['paddle']}, torch {info['torch']}, ppim {info['ppim']}; "
-             f"load average {info['load_before']} → {info['load_after']}", ""]
-    cols = [(name, batch) for name, r in results.items() for batch in sorted(r["timing"], key=int)]
-    lines += ["| engine | " + " | ".join(f"{n.replace('cdnv2_', '').upper()} batch {b}" for n, b in cols) + " |",
-              "|---|" + "---|" * len(cols)]
-    for e in engines:
-        lines.append(f"| {e} | " + " | ".join(_fmt(results[n]["timing"][b].get(e), int(b)) for n, b in cols) + " |")
-    lines += ["", "Speed-up of ours (median time ratio; > 1 = ours faster):", "",
-              "| model | batch | best ours | vs torch | vs torch-x2 | vs ppim |", "|---|---|---|---|---|---|"]
-    for name, r in results.items():
-        for batch, t in sorted(r["timing"].items(), key=lambda kv: int(kv[0])):
-            ours = {e: t[e]["median_s"] for e in OURS if e in t}
-            if not ours:
-                continue
-            best = min(ours, key=ours.get)
-            ratio = lambda other: f"{t[other]['median_s'] / ours[best]:.2f}×" if other in t else "—"
-            lines.append(f"| {name} | {batch} | {best} | {ratio('torch')} | {ratio('torch-x2')} | {ratio('ppim')} |")
-    lines += ["", "| model | condense() | ours .pdparams | official-layout .pth | max |Δlogit| vs ours-dygraph |",
-              "|---|---|---|---|---|"]
-    for name, r in results.items():
-        diffs = ", ".join(f"{k} {v:.1e}" for k, v in r["check"].items() if k != "logit std")
-        lines.append(f"| {name} | {r['condense_s']:.3f} s | {r['sizes_mb']['ours .pdparams']:.1f} MB | "
-                     f"{r['sizes_mb']['official layout .pth']:.1f} MB | {diffs} (logit std "
-                     f"{r['check']['logit std']:.2f}) |")
+def report(data: dict) -> str:
+    info, args = data["machine"], data["args"]
+    batches, models, threads_list = args["batches"], args["models"], args["threads"]
+    engines = data["engines_run"]
+    summary, prep = data["summary"], data["prep"]
+    v = info["versions"]
+    ver = ", ".join(f"{k} {v[k]}" for k in ("paddlepaddle", "torch", "onnxruntime", "paddle2onnx", "ppim", "openvino")
+                    if v.get(k))
+    lines = ["## CPU inference, one process per engine", "",
+             f"{info['date']}, {info['cpu']} ({info['cores']} cores), Python {info['python']}; {ver}.",
+             f"{args['rounds']} round(s); batch 1: median of {args['iters']} calls; batch 16: median of "
+             f"{max(3, args['iters'] // 4)} calls; each figure the median over rounds (min–max over rounds in "
+             "brackets). Load average (1/5/15 min) before → after each round: "
+             + "; ".join(f"{l['before']} → {l['after']}" for l in data["loads"]) + "."]
+    if data["skipped"]:
+        lines.append("Not run: " + "; ".join(f"{e} ({why})" for e, why in data["skipped"].items()) + ".")
+    spread = args["rounds"] > 1
+    gemm = data["gemm"]
+    for m in models:
+        macs = prep.get(m, {}).get("macs_ours")
+        for n in threads_list:
+            cell = summary[m][str(n)]
+            g = gemm.get(str(n))
+            lines += ["", f"### {m}, {n} thread{'s' if n > 1 else ''}", ""]
+            head = "| engine |" + "".join(f" batch {b}: {'ms' if b == 1 else 'img/s'} |" for b in batches)
+            head += "".join(f" util. b{b} |" for b in batches if macs and g) + " cores busy |" + " max \\|Δlogit\\| |"
+            lines += [head, "|---" * (head.replace("\\|", "").count("|") - 1) + "|"]
+            for e in engines:
+                s = cell[e]
+                if not s["ok"]:
+                    lines.append(f"| {e} | failed: {'; '.join(s['errors'])} |")
+                    continue
+                row = f"| {e} |" + "".join(f" {_latency(s.get(str(b)), b, spread)} |" for b in batches)
+                if macs and g:
+                    row += "".join(f" {b / s[str(b)]['median_s'] * macs / (g * 1e9) * 100:.1f}% |" if str(b) in s
+                                   else " — |" for b in batches)
+                busy = "/".join(f"{s[str(b)]['cores_busy']:.2f}" for b in batches if str(b) in s)
+                note = " (also imported " + ", ".join(s["foreign_frameworks"]) + ")" if s["foreign_frameworks"] else ""
+                lines.append(row + f" {busy} | {s['max_abs_diff']:.1e}{note} |")
+            fastest = [f"batch {b}: **{best_ours(cell, b)[0]}**" for b in batches if best_ours(cell, b)]
+            if fastest:
+                lines += ["", "Fastest of ours: " + ", ".join(fastest) + "."]
+    # ratios
+    lines += ["", "### Speed-up of our fastest engine (rival's time / ours; > 1: ours faster)", "",
+              "| model | threads | batch | ours (fastest) | " + " | ".join(f"vs {r}" for r in RIVALS) + " |",
+              "|---|---|---|---|" + "---|" * len(RIVALS)]
+    for m in models:
+        for b in batches:
+            for n in [*threads_list, "best"]:
+                if n == "best":  # each side with its best thread count
+                    if len(threads_list) < 2:
+                        continue
+                    cands = [(best_ours(summary[m][str(t)], b), t) for t in threads_list]
+                    cands = [(c[0], c[1], t) for c, t in cands if c]
+                    if not cands:
+                        continue
+                    eng, secs, t = min(cands, key=lambda c: c[1])
+                    ours_txt = f"{eng} ({t}t)"
+
+                    def rival(r):
+                        ts = [(summary[m][str(t)][r][str(b)]["median_s"], t) for t in threads_list
+                              if r in summary[m][str(t)] and str(b) in summary[m][str(t)][r]]
+                        return min(ts) if ts else None
+                    cells = []
+                    for r in RIVALS:
+                        rv = rival(r)
+                        cells.append(f"{rv[0] / secs:.2f}× ({rv[1]}t)" if rv else "—")
+                    lines.append(f"| {m} | best of {','.join(map(str, threads_list))} | {b} | {ours_txt} | "
+                                 + " | ".join(cells) + " |")
+                    continue
+                cell = summary[m][str(n)]
+                best = best_ours(cell, b)
+                if not best:
+                    continue
+                cells = [f"{cell[r][str(b)]['median_s'] / best[1]:.2f}×" if r in cell and str(b) in cell[r] else "—"
+                         for r in RIVALS]
+                lines.append(f"| {m} | {n} | {b} | {best[0]} | " + " | ".join(cells) + " |")
+    if lines[-1].startswith("|---"):
+        lines[-2:] = ["(no engine of ours ran: nothing to compare)"]
+    # utilisation basis, condense, sizes
+    if gemm:
+        lines += ["", "GEMM baseline (numpy float32 2048², best of 6, median over rounds): "
+                  + ", ".join(f"{n} thread(s) {g:.1f} GMAC/s" for n, g in gemm.items())
+                  + ". Utilisation = executed multiply-adds per image (ours, by `ppcdnv2.flops`) × images/s ÷ "
+                  "GEMM MAC/s; the same per-image count for every engine (the useful work: the official "
+                  "layout's dense SFR matmul executes more, see below). Cores busy: process CPU time ÷ wall time "
+                  "while timing (batch " + "/".join(map(str, batches)) + ")."]
+    lines += ["", "| model | MMAC/img executed: ours | official layout | condense() | reference logit std | "
+              "file sizes (MB) |", "|---|---|---|---|---|---|"]
+    for m in models:
+        p = prep.get(m, {})
+        if not p.get("ok"):
+            lines.append(f"| {m} | prepare failed: {p.get('error', '?')} | | | | |")
+            continue
+        c = data["condense"].get(m)
+        ctext = (f"{c['condense_s']:.3f} s" if c and c.get("ok") else f"failed: {c['error']}" if c else "—")
+        sizes = ", ".join(f"{k} {s:.1f}" for k, s in p["sizes_mb"].items())
+        errs = "; ".join(f"{k}: {e}" for k, e in p["errors"].items())
+        lines.append(f"| {m} | {p['macs_ours'] / 1e6:.1f} | {p['macs_official'] / 1e6:.1f} | {ctext} | {p['logit_std']:.2f} | {sizes}"
+                     + (f"; failed: {errs}" if errs else "") + " |")
+    if data.get("train_step"):
+        lines += ["", "### One SGD step, CondenseNetV2-A training form (batch 16, 224², cross-entropy)", "",
+                  "| threads | ours (Paddle) s/step | upstream layout (torch) s/step | torch / ours |", "|---|---|---|---|"]
+        for n, t in data["train_step"].items():
+            o, r = t.get("paddle", {}), t.get("torch", {})
+            fmt = lambda x: f"{x['median_s']:.2f}" if x.get("ok") else f"failed: {x.get('error')}"
+            ratio = f"{r['median_s'] / o['median_s']:.2f}×" if o.get("ok") and r.get("ok") else "—"
+            lines.append(f"| {n} | {fmt(o)} | {fmt(r)} | {ratio} |")
+    if data["failures"]:
+        lines += ["", "Failed: " + "; ".join(data["failures"])]
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="a,b,c", help="comma list of a, b, c (default a,b,c)")
-    p.add_argument("--engines", default=",".join(DEFAULT_ENGINES),
-                   help=f"comma list of {', '.join(ALL_ENGINES)} (default: {', '.join(DEFAULT_ENGINES)})")
-    p.add_argument("--batches", default="1,16", help="comma list of batch sizes (default 1,16)")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs per engine at batch 1 (default 10; "
-                                                            "batch > 1: a third of it, at least 3)")
-    p.add_argument("--threads", type=int, default=2, help="threads per engine (default 2)")
-    p.add_argument("--quick", action="store_true", help="C only, 3 repeats: a smoke run")
-    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = p.parse_args(argv)
-    if args.quick:
-        args.models, args.repeats = "c", 3
-    names = []
-    for m in args.models.split(","):
-        m = m.strip().lower()
-        if m not in ("a", "b", "c"):
-            p.error(f"unknown model {m!r}; expected a, b or c")
-        names.append(f"cdnv2_{m}")
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    unknown = sorted(set(engines) - set(ALL_ENGINES))
-    if unknown:
-        p.error(f"unknown engines {unknown}; known: {', '.join(ALL_ENGINES)}")
-    try:
-        batches = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        p.error(f"--batches must be integers, got {args.batches!r}")
-    if args.threads < 1 or args.repeats < 1 or min(batches) < 1:
-        p.error("--threads, --repeats and batch sizes must be >= 1")
-    if "ppim" in engines:
-        try:
-            import ppim  # noqa: F401
-        except ImportError:
-            print("ppim not installed: skipping its engine", file=sys.stderr)
-            engines.remove("ppim")
+# --- main ---------------------------------------------------------------------------------------------
+def _csv(text):
+    return [t.strip() for t in str(text).split(",") if t.strip()]
 
-    set_threads(args.threads)
-    info = machine_info()
-    info.update(threads=args.threads, load_before=load_average())
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="ppcdnv2-bench-") as tmp:
-        for name in names:
-            print(f"[{name}] building engines ...", file=sys.stderr, flush=True)
-            bench = Bench(name, engines, args.threads, Path(tmp))
-            res = {"condense_s": bench.condense_s, "sizes_mb": bench.sizes_mb, "check": bench.check(), "timing": {}}
-            for batch in batches:
-                reps = args.repeats if batch == 1 else max(3, args.repeats // 3)
-                print(f"[{name}] batch {batch}: {reps} rounds ...", file=sys.stderr, flush=True)
-                res["timing"][str(batch)] = time_engines(bench, batch, reps, warmup=2 if batch == 1 else 1)
-            results[name] = res
-            del bench
-    info["load_after"] = load_average()
-    text = report(results, info, [e for e in ALL_ENGINES if e in engines])
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
-    return 0
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", help=f"comma list of {', '.join(MODELS)} (or a, b, c; default all four)")
+    p.add_argument("--engines", help=f"comma list of {', '.join(ENGINES)} (default all)")
+    p.add_argument("--threads", help="comma list of thread counts per engine (default 1,2)")
+    p.add_argument("--batches", help="comma list of batch sizes (default 1,16)")
+    p.add_argument("--rounds", type=int, help="rounds over all engines (default 3)")
+    p.add_argument("--iters", "--repeats", type=int, dest="iters",
+                   help="timed calls at batch 1 (default 20; larger batches: a quarter, at least 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: cdnv2_a (unless --models), 2 threads, 1 round, 5 calls, batch 1")
+    p.add_argument("--train-step", action="store_true", help="also time one SGD step of CondenseNetV2-A, training form")
+    p.add_argument("--train-steps", type=int, default=3, help="timed steps for --train-step (default 3)")
+    p.add_argument("--workdir", help="keep the artefacts and child logs here (default: a temporary folder)")
+    p.add_argument("--timeout", type=float, default=900, help="seconds before a child is given up (default 900)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write everything measured as JSON")
+    args = p.parse_args(argv)
+    quick = dict(models="cdnv2_a", threads="2", rounds=1, iters=5, batches="1")
+    full = dict(models=",".join(MODELS), threads="1,2", rounds=3, iters=20, batches="1,16", engines=",".join(ENGINES))
+    for k, v in full.items():
+        if getattr(args, k) is None:
+            setattr(args, k, quick.get(k, v) if args.quick else v)
+    models = []
+    for m in _csv(args.models):
+        m = ALIASES.get(m.lower(), m.lower())
+        if m not in MODELS:
+            p.error(f"unknown model {m!r}; known: {', '.join(MODELS)}")
+        models.append(m)
+    engines = _csv(args.engines)
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        p.error(f"unknown engines {unknown}; known: {', '.join(ENGINES)}")
+    try:
+        threads, batches = [int(t) for t in _csv(args.threads)], [int(b) for b in _csv(args.batches)]
+    except ValueError:
+        p.error("--threads and --batches take comma lists of integers")
+    if not models or not engines or not threads or not batches:
+        p.error("--models, --engines, --threads and --batches need at least one entry each")
+    if min(threads + batches) < 1 or args.rounds < 1 or args.iters < 1:
+        p.error("thread counts, batch sizes, --rounds and --iters must be >= 1")
+    args.models, args.engines, args.threads, args.batches = models, [e for e in ENGINES if e in engines], threads, batches
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    skipped = {}
+    engines = []
+    for e in args.engines:
+        mod = OPTIONAL.get(e)
+        if mod and importlib.util.find_spec(mod) is None:  # find_spec does not import the package
+            skipped[e] = f"{mod} not installed"
+        else:
+            engines.append(e)
+    tmp = None
+    if args.workdir:
+        work = Path(args.workdir)
+        work.mkdir(parents=True, exist_ok=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="ppcdnv2-bench-")
+        work = Path(tmp)
+    child = Child(work / "logs", args.timeout)
+    data = {"machine": machine_info(), "args": {k: v for k, v in vars(args).items()}, "engines_run": engines,
+            "skipped": skipped, "workdir": str(work), "prep": {}, "condense": {}, "gemm": {}, "gemm_rounds": {},
+            "runs": [], "loads": [], "failures": []}
+    failures = data["failures"]
+    try:
+        # 1. artefacts
+        prep_threads = max(args.threads)
+        for m in args.models:
+            say(f"[prepare {m}] weights and artefacts ...")
+            res = child(f"prep-{m}", ["prep", "--model", m, "--dir", str(work / m), "--engines", ",".join(engines),
+                                      "--threads", str(prep_threads), "--seed", str(args.seed)], prep_threads)
+            data["prep"][m] = res
+            say(f"[prepare {m}] " + (f"done in {res['wall_s']:.1f} s" if res.get("ok") else f"FAILED: {res['error']}"))
+            if res.get("ok") and m.startswith("cdnv2_"):
+                data["condense"][m] = child(f"condense-{m}", ["condense", "--model", m, "--dir", str(work / m),
+                                                              "--threads", str(prep_threads)], prep_threads)
+        needs = {"ours-infer": "ours Paddle Inference .pdiparams", "ours-onnx": "ours .onnx",
+                 "ours-openvino": "ours .onnx", "torch-onnx": "official-layout .onnx (torch.onnx)",
+                 "ppim": "ppim .pdparams", "torch": "official-layout .pth", "ours-dygraph": "ours .pdparams"}
+        # 2. rounds
+        for r in range(args.rounds):
+            before = load_average()
+            say(f"[round {r + 1}/{args.rounds}] load average {before}")
+            for n in args.threads:
+                g = child(f"r{r + 1}-gemm-{n}t", ["gemm", "--threads", str(n)], n)
+                if g.get("ok"):
+                    data["gemm_rounds"].setdefault(str(n), []).append(g["gmacs"])
+                else:
+                    failures.append(f"GEMM baseline, {n} threads: {g['error']}")
+            for m in args.models:
+                p = data["prep"][m]
+                for n in args.threads:
+                    k = r % len(engines)
+                    for e in engines[k:] + engines[:k]:
+                        base = {"round": r + 1, "model": m, "threads": n, "engine": e}
+                        if not p.get("ok"):
+                            res = {"ok": False, "error": f"prepare failed: {p['error']}"}
+                        elif needs[e] in p["errors"]:
+                            res = {"ok": False, "error": f"export failed: {p['errors'][needs[e]]}"}
+                        else:
+                            res = child(f"r{r + 1}-{m}-{n}t-{e}",
+                                        ["run", "--engine", e, "--model", m, "--dir", str(work / m), "--threads", str(n),
+                                         "--batches", ",".join(map(str, args.batches)), "--iters", str(args.iters)], n)
+                        res.update(base)
+                        data["runs"].append(res)
+                        if res.get("ok"):
+                            t1 = res["timing"].get("1")
+                            say(f"  {m} {n}t {e:<14} " + (f"b1 {t1['median_s'] * 1000:.1f} ms " if t1 else "")
+                                + " ".join(f"b{b} {int(b) / t['median_s']:.1f} img/s" for b, t in res["timing"].items()
+                                           if b != "1") + f"  (|Δ| {res['max_abs_diff']:.1e}, {res['wall_s']:.0f} s)")
+                        else:
+                            say(f"  {m} {n}t {e:<14} FAILED: {res['error']}")
+            data["loads"].append({"round": r + 1, "before": before, "after": load_average()})
+        data["gemm"] = {n: statistics.median(v) for n, v in data["gemm_rounds"].items()}
+        # 3. optional training step
+        if args.train_step:
+            data["train_step"] = {}
+            for i, n in enumerate(args.threads):
+                for fw in (("paddle", "torch") if i % 2 == 0 else ("torch", "paddle")):
+                    say(f"[train step] {fw}, {n} thread(s) ...")
+                    res = child(f"train-{fw}-{n}t", ["train", "--framework", fw, "--threads", str(n), "--steps",
+                                                    str(args.train_steps)], n)
+                    data["train_step"].setdefault(str(n), {})[fw] = res
+                    if not res.get("ok"):
+                        failures.append(f"train step {fw} {n}t: {res['error']}")
+        data["summary"] = summarise(data["runs"], args.models, args.threads, engines, args.batches)
+        for m, by_threads in data["summary"].items():
+            for n, cell in by_threads.items():
+                for e, s in cell.items():
+                    if s["ok"] < s["runs"]:
+                        failures.append(f"{m} {n}t {e}: " + "; ".join(s["errors"]))
+        data["total_s"] = time.perf_counter() - t_start
+        print(report(data))
+        say(f"total {data['total_s']:.0f} s; child logs in {work / 'logs'}" + (" (temporary)" if tmp else ""))
+        if args.json:
+            Path(args.json).write_text(json.dumps(data, indent=2, default=str) + "\n")
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -7,16 +7,44 @@ import pytest
 
 warnings.filterwarnings("ignore")
 REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / ".." / "shared" / "fixtures" / "official"
+SHARED_FIXTURES = REPO / ".." / "shared" / "fixtures"
+FIXTURES = SHARED_FIXTURES / "official"
 
 
-def fixture_path(name: str) -> Path:
-    p = FIXTURES / name
+def run_training(config: str, out: Path, *overrides: str, timeout: int = 1200) -> str:
+    """``tools/train.py -c configs/<config>`` into ``out`` as a user runs it (a subprocess, no progress
+    bar); fails the test with the end of the log on a non-zero exit. Returns the log."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "-c", str(REPO / "configs" / config),
+           "-o", f"train.output={out}", "-o", "train.progress_bar=false"]
+    for o in overrides:
+        cmd += ["-o", o]
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    return p.stdout + p.stderr
+
+
+def fixture_path(name: str, folder: str = "official") -> Path:
+    """``../shared/fixtures/<folder>/<name>``; skipped when missing, except in CI (which always has it)."""
+    p = SHARED_FIXTURES / folder / name
     if not p.exists():
         if os.environ.get("CI"):  # CI always has ../shared beside the clone: a missing fixture is a failure
-            pytest.fail(f"official fixture {name} not found beside the repo ({FIXTURES})")
-        pytest.skip(f"official fixture {name} not found beside the repo ({FIXTURES})")
+            pytest.fail(f"{folder} fixture {name} not found beside the repo ({p.parent})")
+        pytest.skip(f"{folder} fixture {name} not found beside the repo ({p.parent})")
     return p
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for the module (restored after): with Paddle's OpenMP pool in the same
+    process, more torch threads than free cores spin against it (measured ~15x slower on 2 busy cores)."""
+    torch = pytest.importorskip("torch")
+    from ppcdnv2.torch_tools import torch_threads
+
+    with torch_threads(1):
+        yield torch
 
 
 @pytest.fixture(scope="session")

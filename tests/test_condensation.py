@@ -13,18 +13,14 @@ from ppcdnv2.condense import NotCondensedError
 from ppcdnv2.layers import LGC, SFR
 
 torch = pytest.importorskip("torch")
-from ppcdnv2.families.condensenet.reference import (SMALL_CONFIG as SMALL, build_reference, paddle_twin, randomize_,  # noqa: E402
-                               torch_threads)
+from ppcdnv2.families.condensenet.reference import (SMALL_CONFIG as SMALL, build_reference, paddle_twin, randomize_)  # noqa: E402
 from ppcdnv2.families.condensenet.reference.condensenetv2 import LGC as RefLGC, SFR as RefSFR  # noqa: E402
 
 STEPS = 10
 SCHEDULE = [step / (STEPS - 1) for step in range(STEPS)]  # progress 0 → 1 over the run
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def data(n=8, seed=0):

@@ -102,7 +102,7 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(folder, tmp_path):
 def test_training_form_weights_cannot_come_from_converted(tmp_path):
     from ppcdnv2.registry import create_model
     from ppcdnv2.weights import WeightsError, save_weights, state_dict_numpy
-    from ppcdnv2.engine.build import load_model
+    from ppcdnv2.weights import load_model
     from ppcdnv2 import preset
 
     w = tmp_path / "conv.pdparams"

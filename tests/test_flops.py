@@ -13,17 +13,14 @@ from ppcdnv2.families.condensenet.flops import conv_macs
 torch = pytest.importorskip("torch")
 import torch.nn as nn  # noqa: E402
 
-from ppcdnv2.families.condensenet.reference import build_reference, torch_threads  # noqa: E402
+from ppcdnv2.families.condensenet.reference import build_reference  # noqa: E402
 from ppcdnv2.families.condensenet.reference.condensenetv2 import CondenseLGC, CondenseSFR, LGC, SFR  # noqa: E402
 
 # As published in the CondenseNetV2 paper / official README (MFLOPs, M params).
 PUBLISHED = {"cdnv2_a": (45.87, 2.038), "cdnv2_b": (146.47, 3.593), "cdnv2_c": (309.74, 6.178)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))

@@ -128,3 +128,12 @@ def test_cli_errors_name_the_problem(images, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         infer_main(["-m", str(weights), str(bad), "--topk", "x"])
     assert e.value.code == 2
+
+
+def test_topk_ranks_by_logits_when_probabilities_underflow():
+    from ppcdnv2.deploy.classify import topk
+
+    logits = np.array([[0.0, -800.0, -900.0, -1000.0, 50.0]], np.float32)  # softmax of ranks 2..5: 0.0
+    (top,) = topk(logits, k=5)
+    assert [i for i, _, _ in top] == [4, 0, 1, 2, 3]
+    assert top[0][2] == pytest.approx(1.0) and top[2][2] == 0.0

@@ -15,7 +15,7 @@ import paddle  # noqa: E402
 import ppcdnv2  # noqa: E402
 from ppcdnv2.convert.keymap import torch_to_paddle_state  # noqa: E402
 from ppcdnv2.families.condensenet.reference import (SMALL_CONFIG as SMALL, build_reference, condense_reference,  # noqa: E402
-                               paddle_twin, randomize_, state_dict_numpy, torch_threads)
+                               paddle_twin, randomize_, state_dict_numpy)
 from ppcdnv2.weights import adapt_state_dict, state_dict_numpy as paddle_numpy  # noqa: E402
 
 TOL = 1e-4  # absolute, logits of std ~1
@@ -23,10 +23,12 @@ GRAD_TOL = 1e-4  # per tensor, ||g_paddle - g_torch|| / ||g_torch||
 PRESETS = ("cdnv2_a", "cdnv2_b", "cdnv2_c")
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    with torch_threads(1):
-        yield
+def _free_pairs():
+    yield
     pair.cache_clear()  # the C pair holds ~0.6 GB
 
 

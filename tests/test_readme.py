@@ -22,6 +22,8 @@ from PIL import Image
 
 from conftest import fixture_path
 
+pytestmark = pytest.mark.slow  # training runs, subprocesses: outside the quick subset (-m "not slow")
+
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 FENCE = re.compile(r"```(\w+)\n(.*?)```", re.S)
@@ -112,6 +114,8 @@ def workdir(tmp_path_factory):
     (root / "cdnv2_a_converted.pth.tar").symlink_to(fixture_path("cdnv2_a_s0_converted.pth.tar"))
     (root / "cdnv2_a_unconverted.pth.tar").symlink_to(fixture_path("cdnv2_a_s0_unconverted.pth.tar"))
     _released_condensenet_v1(root / "converted_condensenet_4.pth.tar")
+    (root / "rexnetv1_1.0x.pth").symlink_to(fixture_path("rexnet_1.0x_s0.pth", "rexnet"))
+    (root / "rexnet_100_timm.safetensors").symlink_to(fixture_path("timm_rexnet_100_s0.safetensors", "rexnet"))
     from skimage import data as skdata
 
     Image.fromarray(skdata.chelsea()).save(root / "cat.jpg")

@@ -8,16 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ppcdnv2.families.condensenet.reference import (SFR_INDEX_MODES, SMALL_CONFIG as SMALL, build_reference,  # noqa: E402
-                               condense_reference, randomize_, set_progress, state_dict_numpy, torch_threads)
+                               condense_reference, randomize_, set_progress, state_dict_numpy)
 from ppcdnv2.families.condensenet.reference.condensenetv2 import LGC, SFR  # noqa: E402
 
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def logits(model, x):

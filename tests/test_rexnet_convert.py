@@ -4,18 +4,15 @@ layout (safetensors), ppim's .pdparams; torch-free conversion, logits of the fix
 The fixtures (``../shared/fixtures/rexnet``) were made by the upstream code and by timm with random
 weights and randomised BatchNorm; their ``_io.npz`` hold the upstream/timm logits.
 """
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 import ppcdnv2
+from conftest import fixture_path
 from helpers_convert import paddle_logits, run_cli_without_torch, with_prefix
 from ppcdnv2.convert.cli import main as cli
 from ppcdnv2.weights import read_paddle_weights, read_safetensors
 
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "rexnet"
 CASES = {  # fixture → (model name, npz)
     "rexnet_1.0x_s0.pth": ("rexnet_100", "rexnet_1.0x_s0_io.npz"),
     "rexnet_lite_1.0x_s0.pth": ("rexnet_lite_100", "rexnet_lite_1.0x_s0_io.npz"),
@@ -24,13 +21,8 @@ CASES = {  # fixture → (model name, npz)
 TOL = 1e-4
 
 
-def fixture(name: str) -> Path:
-    p = FIXTURES / name
-    if not p.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"ReXNet fixture {name} not found beside the repo ({FIXTURES})")
-        pytest.skip(f"ReXNet fixture {name} not found beside the repo ({FIXTURES})")
-    return p
+def fixture(name: str):
+    return fixture_path(name, "rexnet")
 
 
 def io(name):

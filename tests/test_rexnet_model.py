@@ -4,13 +4,11 @@ Parity is checked three ways: against logits produced by the official clovaai/re
 against timm's layout (fixture), and Paddle vs our torch reference with every weight and BatchNorm
 statistic random, so a swapped BN field or a wrong activation cannot hide.
 """
-import os
-from pathlib import Path
-
 import numpy as np
 import paddle
 import pytest
 
+from conftest import fixture_path
 from ppcdnv2.families.rexnet import timm_keys as tk
 from ppcdnv2 import preset
 from ppcdnv2.families.rexnet.config import ALIASES, PRESETS, ReXNetConfig, channel_plan
@@ -21,24 +19,11 @@ torch = pytest.importorskip("torch")
 from ppcdnv2.families.rexnet.reference import build_reference  # noqa: E402
 
 TOL = 1e-4
-FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures" / "rexnet"
+def fixture(name: str):
+    return fixture_path(name, "rexnet")
 
 
-def fixture(name: str) -> Path:
-    p = FIXTURES / name
-    if not p.exists():
-        if os.environ.get("CI"):  # CI has ../shared beside the clone: a missing fixture is a failure
-            pytest.fail(f"ReXNet fixture {name} not found ({FIXTURES})")
-        pytest.skip(f"ReXNet fixture {name} not found ({FIXTURES})")
-    return p
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _torch_state(name):

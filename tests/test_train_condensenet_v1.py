@@ -17,6 +17,8 @@ from ppcdnv2.families.condensenet import CondenseNetConfig
 from ppcdnv2.families.condensenet.v1 import CondenseNet
 from ppcdnv2.families.condensenet.v2 import CondenseNetV2
 
+pytestmark = pytest.mark.slow  # training runs, subprocesses: outside the quick subset (-m "not slow")
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 

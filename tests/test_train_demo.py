@@ -2,11 +2,13 @@
 top-1, the condensed model predicts exactly as the training form, and eval.py reproduces the numbers."""
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_training
+
+pytestmark = pytest.mark.slow  # training runs, subprocesses: outside the quick subset (-m "not slow")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -14,11 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "-c", str(REPO / "configs" / "demo.yaml"),
-           "-o", f"train.output={out}", "-o", "train.progress_bar=false"]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
-    return out, p.stdout + p.stderr
+    return out, run_training("demo.yaml", out)
 
 
 def test_demo_reaches_95_percent_and_condenses_exactly(demo_run):

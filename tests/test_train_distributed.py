@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # training runs, subprocesses: outside the quick subset (-m "not slow")
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["train.progress_bar=false", "data.limit_train=96", "data.limit_val=40", "train.batch_size=16",

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # training runs, subprocesses: outside the quick subset (-m "not slow")
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from ppcdnv2.engine.checkpoint import CheckpointError, read_checkpoint
 
+pytestmark = pytest.mark.slow  # training runs, subprocesses: outside the quick subset (-m "not slow")
+
 REPO = Path(__file__).resolve().parents[1]
 # a small model on 96 digits: 6 iterations per epoch, 3 epochs
 QUICK = ["train.progress_bar=false", "data.limit_train=96", "data.limit_val=40", "train.batch_size=16",

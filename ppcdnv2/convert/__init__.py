@@ -1,7 +1,6 @@
 """Torch checkpoints (official and other layouts) ↔ Paddle: safe reading, key mapping, condensation, checks."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple
 
 import numpy as np
@@ -30,7 +29,7 @@ def extract_state_dict(obj: Any, weights: str = "ema", where: str = "checkpoint"
 def official_state_to_model(state: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
     """An official (torch-layout) state of either form → the Paddle state of ``model`` (condensing if needed).
 
-    Works for every registered family (``ppcdnv2.convert.spec``), recognised from the keys.
+    Works for every registered family (``ppcdnv2.registry``), recognised from the keys, in any torch layout it reads.
     """
     from ..registry import find_family
 

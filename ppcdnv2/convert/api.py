@@ -225,14 +225,16 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
                                        tol, str(dst), log)
 
     atomic_write(dst, write)
-    _log(log, f"wrote {dst}: {form} form, {len(out)} tensors{f', {layout} layout' if layout != 'ours' else ''}")
+    what = f"{form} form, " if len(spec.forms) > 1 else ""
+    _log(log, f"wrote {dst}: {what}{len(out)} tensors{f', {layout} layout' if layout != 'ours' else ''}")
     return result
 
 
 def _log_read(log, src, key, det: Detection):
     what = f"{key!r}, " if key else ""
     what += f"{det.layout} layout, " if det.layout not in ("official", "ours") else ""
-    _log(log, f"read {src}: {what}{det.form} form, {det.label} [{det.source}]")
+    what += f"{det.form} form, " if len(det.family.forms) > 1 else ""
+    _log(log, f"read {src}: {what}{det.label} [{det.source}]")
     for note in det.notes:
         _log(log, f"note: {note}")
 
@@ -286,7 +288,8 @@ def export_torch_checkpoint(src, dst, arch: Optional[str] = None, layout: str = 
             result.max_diff = _compare(ref, _paddle_logits(model, x), tol, str(dst), log)
 
     atomic_write(dst, write)
-    _log(log, f"wrote {dst}: {det.form} form in the {layout} torch layout, {len(out)} tensors")
+    what = f"{det.form} form " if len(spec.forms) > 1 else ""
+    _log(log, f"wrote {dst}: {what}in the {layout} torch layout, {len(out)} tensors")
     return result
 
 

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from ..registry import IMAGENET_MEAN
+
 MAX_LEVEL = 10.0
 
 
@@ -63,12 +65,12 @@ OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", 
 
 class RandAugment:
     def __init__(self, num_ops: int = 2, magnitude: float = 9.0, magnitude_std: float = 0.0, prob: float = 0.5,
-                 mean: Sequence[float] = (0.485, 0.456, 0.406)):
+                 mean: Sequence[float] = IMAGENET_MEAN):
         self.num_ops, self.magnitude, self.magnitude_std, self.prob = num_ops, magnitude, magnitude_std, prob
         self.fill = tuple(int(round(255 * m)) for m in mean)
 
     @classmethod
-    def from_string(cls, spec: str, mean=(0.485, 0.456, 0.406)) -> "RandAugment":
+    def from_string(cls, spec: str, mean=IMAGENET_MEAN) -> "RandAugment":
         """``rand-m9-mstd0.5`` (timm's syntax): ``m`` magnitude, ``n`` ops, ``mstd`` magnitude noise, ``p`` prob."""
         parts = str(spec).split("-")
         if parts[0] != "rand":

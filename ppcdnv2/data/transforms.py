@@ -18,6 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from ..registry import IMAGENET_MEAN, IMAGENET_STD
+
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
 
 
@@ -66,7 +68,7 @@ class EvalTransform:
     """Official evaluation preprocessing: resize shorter side, center crop, [0, 1], normalise."""
 
     def __init__(self, resize: int = 256, crop: int = 224, interpolation: str = "bicubic",
-                 mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
         _interp(interpolation)
         self.resize, self.crop, self.interpolation = resize, crop, interpolation
         self.mean, self.std = tuple(mean), tuple(std)
@@ -130,7 +132,7 @@ class TrainTransform:
 
     def __init__(self, size: int = 224, scale=(0.08, 1.0), ratio=(0.75, 4 / 3), interpolation: str = "random",
                  hflip: float = 0.5, color_jitter: float = 0.0, auto_augment: Optional[str] = None,
-                 reprob: float = 0.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)):
+                 reprob: float = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
         from .autoaugment import RandAugment
 
         if interpolation != "random":

@@ -92,10 +92,12 @@ class Prediction:
 
 
 def topk(logits: np.ndarray, k: int = 5, labels: Optional[Sequence[str]] = None) -> List[List[Tuple[int, str, float]]]:
-    """Per row: the ``k`` most probable classes as (index, name, softmax probability)."""
-    probs = softmax(np.asarray(logits, dtype=np.float64))
+    """Per row: the ``k`` most probable classes as (index, name, softmax probability), ranked by the logits
+    (probabilities of confident predictions underflow to 0 and would lose the order of ranks 2..k)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    probs = softmax(logits)
     k = min(k, probs.shape[1])
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    order = np.argsort(-logits, axis=1, kind="stable")[:, :k]
     return [[(int(i), labels[i] if labels is not None else str(int(i)), float(row[i])) for i in idx]
             for row, idx in zip(probs, order)]
 

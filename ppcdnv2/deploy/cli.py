@@ -12,25 +12,28 @@ import numpy as np
 from .export import ExportError
 
 EXPORT_DESCRIPTION = """\
-Export a CondenseNet(V2) model in its condensed (converted) form for deployment:
+Export any registered model in its deployment form (condensed for the CondenseNets, the one form of ReXNet):
   <OUT>.json + <OUT>.pdiparams   Paddle Inference program and weights (dynamic batch and image size;
                                  PIR .json with Paddle 3, .pdmodel with older Paddle)
   <OUT>.meta.json                model name, classes and evaluation preprocessing (read by infer.py)
   <OUT>.onnx (--onnx)            ONNX via paddle2onnx, traced with ONNX-convertible ops
-Training-form weights (ours or official) are condensed first. --check compares the exported models with the
+Weights: any file the converter reads (ours, official, timm's, ppim's); training-form CondenseNet weights are
+condensed first. --check compares the exported models with the
 Paddle (dygraph) model on a random batch: Paddle Inference to 1e-5, onnxruntime to 1e-4 (max abs logit)."""
 
 EXPORT_EPILOG = """\
 examples:
   %(prog)s cdnv2_c --weights cdnv2_c.pdparams --output exported/cdnv2_c --onnx --check
   %(prog)s cdnv2_a --weights cdnv2_a_converted.pth.tar --output exported/cdnv2_a
+  %(prog)s rexnet_100 --weights rexnetv1_1.0x.pth --output exported/rexnet_100 --onnx
 exit status: 0 on success, 1 on an export error or a failed --check, 2 on bad arguments."""
 
 INFER_DESCRIPTION = """\
 Classify images with an exported model (Paddle Inference or ONNX) or a weights file (Paddle dygraph):
-top-k classes with softmax probabilities. Preprocessing is the official evaluation transform (shorter side
-256, bicubic for A/B and bilinear for C, center crop 224, ImageNet mean/std), read from the export's
-.meta.json. 1000-class models print the ImageNet names shipped with ppcdnv2."""
+top-k classes with softmax probabilities. Preprocessing is the evaluation transform the weights were
+published with (the family's metadata: e.g. shorter side 256, bicubic, bilinear for CondenseNetV2-C, center
+crop 224, ImageNet mean/std), read from the export's .meta.json. 1000-class models print the ImageNet names
+shipped with ppcdnv2."""
 
 INFER_EPILOG = """\
 examples:
@@ -56,7 +59,7 @@ def _fail(prog: str, err: Exception) -> int:
 def build_export_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p = _Parser(prog=prog, description=EXPORT_DESCRIPTION, epilog=EXPORT_EPILOG,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL", help="registry name, either form (cdnv2_a/b/c, converted_cdnv2_c, ...)")
+    p.add_argument("model", metavar="MODEL", help="registry name or alias, either form (cdnv2_a, converted_cdnv2_c, rexnet_100, ...)")
     p.add_argument("--weights", metavar="FILE",
                    help=".pdparams/.safetensors (ours, either form) or an official .pth/.pth.tar; "
                         "without it the model keeps its random initialisation (for trying the pipeline)")
@@ -116,7 +119,7 @@ def build_infer_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (searched recursively)")
     p.add_argument("--model", "-m", required=True, metavar="PATH",
                    help="export prefix (or its .json/.pdmodel/.pdiparams), an .onnx file, or a weights file")
-    p.add_argument("--arch", metavar="NAME", help="model name for a weights file (cdnv2_a/b/c, ...)")
+    p.add_argument("--arch", metavar="NAME", help="model name for a weights file (cdnv2_a/b/c, rexnet_100, ...)")
     p.add_argument("--backend", choices=BACKENDS,
                    help="default: paddle for exports, onnx for .onnx, dygraph for weights; "
                         "onednn = Paddle Inference with oneDNN")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Optional
 
 from ..registry import Family, family_of, families, list_models, model_entry
-from ..weights import StateDictMismatchError, WeightsError, load_model, load_pretrained  # noqa: F401 (load_model: re-exported)
+from ..weights import StateDictMismatchError, load_pretrained
 from .config import ConfigError
 
 DEFAULT_FAMILY = "condensenetv2"

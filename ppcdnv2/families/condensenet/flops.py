@@ -133,17 +133,17 @@ def resolve(cfg, form: Optional[str] = None, config_class=CondenseNetV2Config) -
     """(config, name, form) of a registered name, a ``config_class`` or a dict of its fields;
     ``form`` defaults to ``"converted"`` for ``converted_*`` names, else ``"train"``."""
     if isinstance(cfg, str):
-        from ...registry import preset
+        from ...registry import model_entry, preset
 
-        cfg, name = preset(cfg), cfg
+        name, entry_form = cfg, model_entry(cfg).form
+        cfg = preset(name)
     elif isinstance(cfg, Mapping):
-        cfg, name = config_class.from_dict(cfg), "custom"
+        cfg, name, entry_form = config_class.from_dict(cfg), "custom", "train"
     elif isinstance(cfg, config_class):
-        name = "custom"
+        name, entry_form = "custom", "train"
     else:
         raise TypeError(f"expected a model name, a {config_class.__name__} or a dict, got {type(cfg).__name__}")
-    if form is None:
-        form = "converted" if name.startswith("converted_") else "train"
+    form = form or entry_form
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     return cfg, name, form

@@ -168,7 +168,7 @@ class ReXNetFamily(Family):
                     return mapped, "timm"
             except (KeyError, ValueError) as e:
                 errors.append(e)
-        raise ValueError(f"timm-layout ReXNet of no known width (0.5..3.0) fits these weights"
+        raise ValueError("timm-layout ReXNet of no known width (0.5..3.0) fits these weights"
                          + (f" ({errors[0].args[0]})" if errors else ""))
 
     def from_official(self, state, layout, cfg=None):

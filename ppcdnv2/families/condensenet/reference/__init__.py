@@ -1,15 +1,12 @@
-"""PyTorch reference models with the official module layout (parity tests, converter ``--verify``).
+"""PyTorch references of CondenseNetV2 and V1 with the official module layout (parity tests, ``--verify``).
 
 Needs torch; nothing is imported until a name is used, so ``import ppcdnv2`` never loads torch.
 """
 from importlib import import_module
 
-_EXPORTS = {
-    **{name: "condensenetv2"
-       for name in ("build_reference", "set_progress", "condense_reference", "randomize_", "state_dict_numpy",
-                    "paddle_twin", "ReferenceCondenseNetV2", "SFR_INDEX_MODES", "SMALL_CONFIG")},
-    "torch_threads": "common",
-}
+_EXPORTS = {name: "condensenetv2"
+            for name in ("build_reference", "set_progress", "condense_reference", "randomize_", "state_dict_numpy",
+                         "paddle_twin", "ReferenceCondenseNetV2", "SFR_INDEX_MODES", "SMALL_CONFIG")}
 
 __all__ = sorted(_EXPORTS)
 

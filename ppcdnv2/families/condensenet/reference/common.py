@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Callable, Tuple
 
-from ....torch_tools import (calibrate_bn_, randn, randomize_weights_, state_dict_numpy,  # noqa: F401 (re-exported)
-                             torch_threads, uniform)
+from .... import torch_tools  # noqa: F401 (first: a clear error when torch is missing)
 
 import torch
 import torch.nn as nn

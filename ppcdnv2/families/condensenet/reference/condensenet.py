@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 from typing import Tuple
 
-from .common import Conv, dense_trunk, state_dict_numpy  # first: clear error without torch
+from .common import Conv, dense_trunk  # first: clear error without torch
+from ....torch_tools import state_dict_numpy
 from .condensenetv2 import LGC, CondenseLGC, _condense_lgc, upstream_stage
 
 import torch
@@ -73,7 +74,7 @@ class _DenseLayer(nn.Module):
 class CondenseNet(nn.Module):
     """Upstream ``models/condensenet.py`` (``converted=False``) or ``models/condensenet_converted.py``.
 
-    ``cfg`` is a ``ppcdnv2.models.condensenet.CondenseNetConfig`` (or anything with its fields).
+    ``cfg`` is a ``ppcdnv2.families.condensenet.CondenseNetConfig`` (or anything with its fields).
     """
 
     def __init__(self, cfg, converted: bool = False):

@@ -22,8 +22,9 @@ from __future__ import annotations
 from typing import Optional, Union
 
 from ..config import CondenseNetV2Config
-from .common import (Conv, HS, SELayer, calibrate_bn_, dense_trunk, init_like_upstream_, make_activation,
-                     randn, randomize_weights_, shuffle, shuffle_trans, state_dict_numpy)  # first: clear error without torch
+from .common import (Conv, HS, SELayer, dense_trunk, init_like_upstream_, make_activation,  # first: clear error
+                     shuffle, shuffle_trans)                                                # without torch
+from ....torch_tools import calibrate_bn_, randn, randomize_weights_, state_dict_numpy
 
 import torch
 import torch.nn as nn
@@ -288,7 +289,9 @@ def build_reference(cfg: Union[CondenseNetV2Config, str, dict], form: Optional[s
                     sfr_index: str = "dense") -> ReferenceCondenseNetV2:
     """A reference model; ``form`` defaults to ``"converted"`` for ``converted_*`` names, else ``"train"``."""
     if form is None:
-        form = "converted" if isinstance(cfg, str) and cfg.startswith("converted_") else "train"
+        from ....registry import model_entry
+
+        form = model_entry(cfg).form if isinstance(cfg, str) else "train"
     return ReferenceCondenseNetV2(_resolve_cfg(cfg), form=form, sfr_index=sfr_index)
 
 
