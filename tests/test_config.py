@@ -113,3 +113,21 @@ def test_every_shipped_config_builds_its_model_in_every_form(path):
         with paddle.no_grad():
             out = model(paddle.zeros([1, 3, size, size]))
         assert tuple(out.shape) == (1, model.cfg.num_classes)
+
+
+def test_training_curves_log_loss_and_whole_epochs(tmp_path):
+    """One loss spike must not flatten the curve (log scale), and epochs are ticked as integers."""
+    from ppcdnv2.engine.runlog import history_figure, plot_history
+
+    history = [{"epoch": e, "train_loss": loss, "val_loss": loss * 0.9, "train_top1": 10.0 * e, "val_top1": 9.0 * e,
+                "lr": 0.1 / e} for e, loss in zip(range(1, 4), (250.0, 0.8, 0.5))]
+    fig = history_figure(history)
+    loss_ax = fig.axes[0]
+    assert loss_ax.get_yscale() == "log"
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+    assert plot_history(history, tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    with_zero = [dict(r, train_loss=0.0) for r in history]  # a zero loss cannot go on a log axis
+    assert history_figure(with_zero).axes[0].get_yscale() == "linear"

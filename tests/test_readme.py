@@ -161,7 +161,11 @@ def test_readme_command_runs(cmd, workdir):
 
 
 def test_readme_python_blocks_run(workdir):
-    """After the commands (pytest runs this file's tests in order): the files they wrote exist."""
+    """After the commands (pytest runs this file's tests in order): the files they wrote exist, and the
+    multi-process launch kept its logs in the run's folder (not a log/ beside the user's files)."""
+    assert not (workdir / "log").exists()
+    if any("--log_dir" in c for c in commands()):
+        assert list((workdir / "output" / "demo_2proc" / "launch_log").glob("workerlog.*"))
     for i, block in enumerate(fenced("python")):
         p = subprocess.run([sys.executable, "-c", block], cwd=workdir, capture_output=True, text=True,
                            timeout=600)

@@ -1,6 +1,6 @@
-"""Convert CondenseNetV2 weights: official PyTorch checkpoints <-> ppcdnv2 Paddle weights.
+"""Convert weights of any registered family: PyTorch checkpoints (official, timm's, yours) <-> ppcdnv2 Paddle weights.
 
-Run with --help for the options; the work is done by ``ppcdnv2.convert.cli``.
+Run with --help for the options; the work is done by ``ppcdnv2.convert.cli``; also the ``ppcdnv2-convert`` console script.
 """
 import sys
 

@@ -1,6 +1,6 @@
-"""Export a condensed CondenseNet(V2) to Paddle Inference (and ONNX); see --help.
+"""Export any registered model to Paddle Inference (and ONNX); see --help.
 
-The work is done by ``ppcdnv2.deploy`` (``ppcdnv2.deploy.cli.export_main``).
+The work is done by ``ppcdnv2.deploy`` (``ppcdnv2.deploy.cli.export_main``); also the ``ppcdnv2-export`` console script.
 """
 import sys
 

@@ -1,6 +1,6 @@
 """Top-k ImageNet labels for images with an exported model or a weights file; see --help.
 
-The work is done by ``ppcdnv2.deploy`` (``ppcdnv2.deploy.cli.infer_main``).
+The work is done by ``ppcdnv2.deploy`` (``ppcdnv2.deploy.cli.infer_main``); also the ``ppcdnv2-infer`` console script.
 """
 import sys
 

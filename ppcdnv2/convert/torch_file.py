@@ -8,6 +8,13 @@ then each storage's raw bytes) — and rebuilds the object with only the globals
 tensor rebuilders (tensors become numpy arrays, views/strides/offsets honoured), storage types,
 ``OrderedDict``, ``argparse.Namespace`` (rebuilt as a plain ``SimpleNamespace``) and a few inert
 builtins. Any other global is refused with :class:`UnsafeCheckpointError` before anything runs.
+
+Files saved from GPU tensors (``torch.cuda.FloatStorage`` & co. at location ``'cuda:0'``, e.g. every
+checkpoint a torch 1.x GPU process wrote) read as their CPU equivalents; the location is ignored. Every
+tensor is read through its storage offset, size and stride (several tensors may be views of one shared
+storage, e.g. the flattened cuDNN weights of a GPU GRU/LSTM) and must lie inside its storage; a view that
+reaches past the end is a :class:`TorchFileError` naming the file and the tensor's key.
+``OrderedDict`` attributes such as ``_metadata`` of ``state_dict()`` survive.
 """
 from __future__ import annotations
 
@@ -65,6 +72,9 @@ class _StorageType:
     def __init__(self, name):
         self.name, self.dtype = name, STORAGE_DTYPES[name]
 
+    def __setstate__(self, state):  # shared by every load: a pickle must not rewrite its dtype
+        raise pickle.UnpicklingError("BUILD on a storage type")
+
 
 class _TorchDtype:
     """Stands for ``torch.float32`` & co. (appear in some checkpoints and in ``_rebuild_tensor_v3``)."""
@@ -73,6 +83,9 @@ class _TorchDtype:
 
     def __init__(self, name, storage_name):
         self.name, self.storage = name, storage_name
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("BUILD on a torch dtype")
 
 
 class _Storage:
@@ -102,6 +115,9 @@ class _TypeMarker:
 
     def __init__(self, name):
         self.name = name
+
+    def __setstate__(self, state):
+        raise pickle.UnpicklingError("BUILD on a torch type")
 
 
 def _ints(value, what):
@@ -217,11 +233,18 @@ class _RestrictedUnpickler(pickle.Unpickler):
             _, stype, key, _location, numel, view = pid
         else:
             raise pickle.UnpicklingError(f"malformed storage reference {str(pid)[:80]}")
-        if not isinstance(stype, _StorageType) or not isinstance(key, str) or type(numel) is not int or numel < 0:
+        # the location ('cpu', 'cuda:0', ...) is ignored: torch.cuda.<X>Storage reads as torch.<X>Storage
+        if (not isinstance(stype, _StorageType) or not isinstance(key, str) or not isinstance(_location, str)
+                or type(numel) is not int or numel < 0):
             raise pickle.UnpicklingError(f"malformed storage reference {str(pid)[:80]}")
+        if view is not None and not (isinstance(view, tuple) and len(view) == 3 and isinstance(view[0], str)
+                                     and all(type(v) is int and v >= 0 for v in view[1:])):
+            raise pickle.UnpicklingError(f"malformed storage view {str(view)[:80]}")
         storage = self._storages.get(key)
         if storage is None:
             storage = self._storages[key] = _Storage(key, stype.dtype, numel)
+        elif storage.numel != numel or storage.dtype != stype.dtype:
+            raise pickle.UnpicklingError(f"storage {key!r} is referenced with two different types or sizes")
         if view is not None:  # legacy storage views: (view_key, element offset, size)
             view_key, offset, size = view
             root = storage
@@ -237,19 +260,26 @@ def _element_dtype(dtype):
     return np.dtype("<u2") if dtype == _BFLOAT16 else dtype
 
 
-def _tensor_array(ref: _TensorRef, path) -> np.ndarray:
+def _tensor_array(ref: _TensorRef, path, where="") -> np.ndarray:
+    """The tensor's elements read through its storage offset, size and stride, as an independent array."""
+    what = f"tensor {where}" if where else "a tensor"
     flat = ref.storage.data
     if not isinstance(flat, np.ndarray):
-        raise TorchFileError(f"{path}: storage {ref.storage.key!r} has no data (corrupt file)")
+        raise TorchFileError(f"{path}: {what}: storage {ref.storage.key!r} has no data (corrupt file)")
     if ref.dtype is not None and _element_dtype(ref.dtype) != flat.dtype:
+        if flat.nbytes % _element_dtype(ref.dtype).itemsize:
+            raise TorchFileError(f"{path}: {what}: storage {ref.storage.key!r} does not hold whole "
+                                 f"{_element_dtype(ref.dtype)} elements (corrupt file)")
         flat = flat.view(_element_dtype(ref.dtype))
     if any(s == 0 for s in ref.size):
         arr = np.zeros(ref.size, flat.dtype)
     else:
-        last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
-        if last >= flat.size:
-            raise TorchFileError(f"{path}: a tensor of shape {list(ref.size)} reaches past the end of storage "
-                                 f"{ref.storage.key!r} ({flat.size} elements): corrupt file")
+        end = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride)) + 1  # one past the last element
+        if end > flat.size:
+            raise TorchFileError(
+                f"{path}: {what} (shape {list(ref.size)}, storage offset {ref.offset}, stride {list(ref.stride)}) "
+                f"reaches element {end - 1} of its storage {ref.storage.key!r}, which holds {flat.size} elements: "
+                f"a view past the end of its storage (corrupt file)")
         item = flat.dtype.itemsize
         arr = np.lib.stride_tricks.as_strided(flat[ref.offset:], ref.size, [s * item for s in ref.stride])
     arr = np.array(arr, dtype=flat.dtype.newbyteorder("="), copy=True)
@@ -258,34 +288,40 @@ def _tensor_array(ref: _TensorRef, path) -> np.ndarray:
     return arr
 
 
-def _resolve(obj, path, seen=None):
-    """Replace every tensor placeholder by its array, in place where containers are mutable."""
+def _child(where, key):
+    return str(key) if not where else f"{where}[{key!r}]"
+
+
+def _resolve(obj, path, seen=None, where=""):
+    """Replace every tensor placeholder by its array, in place where containers are mutable; ``where`` is
+    the key path of ``obj`` (``fc['rnn.weight_ih_l0']``) for error messages."""
     if isinstance(obj, _TensorRef):
-        return _tensor_array(obj, path)
+        return _tensor_array(obj, path, where)
     if isinstance(obj, _TorchDtype):
         return f"torch.{obj.name}"
     if isinstance(obj, (_Storage, _StorageType, _TypeMarker)):
-        raise TorchFileError(f"{path}: holds a bare torch storage or type object; expected tensors in a checkpoint")
+        raise TorchFileError(f"{path}: holds a bare torch storage or type object{' at ' + where if where else ''}; "
+                             f"expected tensors in a checkpoint")
     seen = set() if seen is None else seen
     if id(obj) in seen:
         return obj
     if isinstance(obj, dict):
         seen.add(id(obj))
         for k in list(obj):
-            obj[k] = _resolve(obj[k], path, seen)
+            obj[k] = _resolve(obj[k], path, seen, _child(where, k))
     elif isinstance(obj, list):
         seen.add(id(obj))
-        obj[:] = [_resolve(v, path, seen) for v in obj]
+        obj[:] = [_resolve(v, path, seen, _child(where, i)) for i, v in enumerate(obj)]
     elif isinstance(obj, tuple):
-        return tuple(_resolve(v, path, seen) for v in obj)
+        return tuple(_resolve(v, path, seen, _child(where, i)) for i, v in enumerate(obj))
     elif isinstance(obj, types.SimpleNamespace):
         seen.add(id(obj))
         for k, v in vars(obj).items():
-            setattr(obj, k, _resolve(v, path, seen))
+            setattr(obj, k, _resolve(v, path, seen, f"{where}.{k}" if where else k))
     elif isinstance(obj, np.ndarray) and obj.dtype == object:
         seen.add(id(obj))
         for i, v in np.ndenumerate(obj):
-            obj[i] = _resolve(v, path, seen)
+            obj[i] = _resolve(v, path, seen, _child(where, i))
     return obj
 
 

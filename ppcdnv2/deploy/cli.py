@@ -72,7 +72,8 @@ def build_export_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     return p
 
 
-def export_main(argv: Optional[List[str]] = None, prog: str = "export.py") -> int:
+def export_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
+    prog = prog or Path(sys.argv[0]).name
     args = build_export_parser(prog).parse_args(argv)
     from .export import export_inference, export_onnx
     from .predictor import (DygraphPredictor, OnnxPredictor, PaddlePredictor, default_meta,
@@ -135,7 +136,8 @@ def build_infer_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     return p
 
 
-def infer_main(argv: Optional[List[str]] = None, prog: str = "infer.py") -> int:
+def infer_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
+    prog = prog or Path(sys.argv[0]).name
     args = build_infer_parser(prog).parse_args(argv)
     from .classify import classify, load_labels
     from .predictor import load_predictor

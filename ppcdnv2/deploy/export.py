@@ -12,6 +12,7 @@ image side may vary within 224..255 (any side whose /32 feature map is 7); other
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -114,6 +115,33 @@ def find_exported(path) -> ExportedFiles:
     return ExportedFiles(model, params, meta if meta.is_file() else None)
 
 
+# Paddle's C++ log line on tracing a model with an in-place op (our condensed blocks' ``index_add_``, ReXNet's
+# residual slice): harmless, printed on every export; dropped from stderr, everything else is passed on
+_TRACE_NOISE = ("Paddle static graph(PIR) not support input out tensor",)
+
+
+@contextlib.contextmanager
+def _native_stderr_without(patterns):
+    """Run the body with file descriptor 2 captured (C++ glog writes there, not to ``sys.stderr``), then
+    write back every captured line that contains none of ``patterns``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as buf:
+        os.dup2(buf.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            buf.seek(0)
+            kept = [line for line in buf.read().decode(errors="replace").splitlines(keepends=True)
+                    if not any(p in line for p in patterns)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
 def export_inference(model, prefix, meta: Optional[ExportMeta] = None) -> ExportedFiles:
     """``paddle.jit.save`` of ``model`` (an eval-mode copy of it) with a dynamic batch and image size.
 
@@ -128,7 +156,8 @@ def export_inference(model, prefix, meta: Optional[ExportMeta] = None) -> Export
     spec = [paddle.static.InputSpec([None, 3, None, None], "float32", "x")]
     with tempfile.TemporaryDirectory(dir=prefix.parent, prefix=f".{prefix.name}.export.") as tmp:
         tmp_prefix = os.path.join(tmp, "model")
-        paddle.jit.save(paddle.jit.to_static(twin, input_spec=spec, full_graph=True), tmp_prefix)
+        with _native_stderr_without(_TRACE_NOISE):
+            paddle.jit.save(paddle.jit.to_static(twin, input_spec=spec, full_graph=True), tmp_prefix)
         if meta is not None:
             meta.save(tmp_prefix + META_SUFFIX)
         written = find_exported(tmp_prefix)

@@ -27,8 +27,20 @@ def write_csv(history: List[Mapping[str, Any]], path) -> None:
 
 
 def plot_history(history: List[Mapping[str, Any]], path) -> Optional[Path]:
-    """Loss, top-1 and learning rate per epoch, as a PNG. Drawn on a bare ``Figure`` (no pyplot), so the
-    process's backend is left alone: inline plots in a notebook keep working after training."""
+    """Loss, top-1 and learning rate per epoch, as a PNG (see :func:`history_figure`)."""
+    fig = history_figure(history)
+    if fig is None:
+        return None
+
+    def save(tmp):
+        fig.savefig(tmp, dpi=90, format="png")
+
+    return atomic_write(path, save)
+
+
+def history_figure(history: List[Mapping[str, Any]]):
+    """The figure of :func:`plot_history`, drawn on a bare ``Figure`` (no pyplot), so the process's backend
+    is left alone: inline plots in a notebook keep working after training. Loss on a log scale, whole epochs."""
     try:
         from matplotlib.figure import Figure
     except ImportError:  # pragma: no cover - matplotlib is a listed requirement
@@ -46,23 +58,25 @@ def plot_history(history: List[Mapping[str, Any]], path) -> Optional[Path]:
     axes = fig.subplots(1, 3)
     for key, label in (("train_loss", "train"), ("val_loss", "val"), ("ema_val_loss", "val (EMA)")):
         axes[0].plot(*series(key), marker=".", label=label)
-    axes[0].set_title("loss")
+    losses = [v for key in ("train_loss", "val_loss", "ema_val_loss") for v in series(key)[1]]
+    if losses and min(losses) > 0:  # a log scale keeps one early spike from flattening the rest
+        axes[0].set_yscale("log")
+    axes[0].set_title("loss (log scale)" if axes[0].get_yscale() == "log" else "loss")
     for key, label in (("train_top1", "train"), ("val_top1", "val"), ("ema_val_top1", "val (EMA)")):
         axes[1].plot(*series(key), marker=".", label=label)
     axes[1].set_title("top-1 accuracy (%)")
     axes[2].plot(*series("lr"), marker=".")
     axes[2].set_title("learning rate (end of epoch)")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
     axes[0].legend()
     axes[1].legend()
     fig.tight_layout()
-
-    def save(tmp):
-        fig.savefig(tmp, dpi=90, format="png")
-
-    return atomic_write(path, save)
+    return fig
 
 
 class VisualDLWriter:

@@ -31,6 +31,11 @@ import numpy as np
 import paddle
 
 from ..data import EvalBatchSampler, TrainBatchSampler, build_dataset, build_loader
+
+# Paddle's BatchNorm warns on every training forward that it tracks global statistics (what we want);
+# shown twice per run, it breaks the progress line: ignore exactly that message
+warnings.filterwarnings("ignore", message="When training, we now always track global mean and variance",
+                        category=UserWarning)
 from ..registry import family_of
 from ..weights import atomic_write, save_weights, state_dict_numpy
 from .build import build_model, load_initial_weights
@@ -47,6 +52,13 @@ CHECKPOINT = "checkpoint_last.safetensors"
 
 class TrainError(ValueError):
     """A run that cannot start as configured; the message says which setting to change."""
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
 
 
 def _world():
@@ -113,8 +125,11 @@ def train(cfg: Mapping[str, Any], resume: Optional[str] = None) -> Dict[str, Any
     out = Path(tc["output"])
     amp = bool(tc["amp"])
     if amp and device != "gpu":
-        warnings.warn("train.amp needs a GPU; training in float32 on CPU")
-        amp = False
+        # Paddle (3.x) autocasts on GPU/XPU only: on CPU auto_cast is a no-op, so the AMP code path (autocast
+        # scope, float16 loss scaling, scaler state in checkpoints) runs with float32 arithmetic
+        log("note: train.amp on CPU: Paddle autocasts and scales losses on GPU only, so this run computes in "
+            "float32 through the AMP code path (float16 with loss scaling is the GPU path; no bfloat16 on CPU)")
+        warnings.filterwarnings("ignore", message="amp_guard can only be enabled on", category=UserWarning)
 
     seed = int(tc["seed"])
     random.seed(seed)
@@ -191,7 +206,10 @@ def train(cfg: Mapping[str, Any], resume: Optional[str] = None) -> Dict[str, Any
     progressive = family.progressive
     if lasso > 0 and not family.lasso:
         raise TrainError(f"train.lasso = {lasso:g}, but {family.title} has no group lasso; set train.lasso=0")
-    bar = tc["progress_bar"] and rank == 0
+    # a live tqdm bar on a terminal; elsewhere (a log file, a notebook) its \r updates pile up, so a
+    # plain line every log_interval iterations instead
+    bar = tc["progress_bar"] and rank == 0 and _is_terminal(sys.stderr)
+    lines = tc["progress_bar"] and rank == 0 and not bar
     log(f"training {len(train_ds)} images, {steps_per_epoch} steps/epoch x {epochs} epochs, global batch "
         f"{global_batch} on {world} {device} device(s), peak lr {lr:g}")
 
@@ -233,9 +251,14 @@ def train(cfg: Mapping[str, Any], resume: Optional[str] = None) -> Dict[str, Any
             iters_this_run += 1
             seen += n * world
             meter += [loss_sum, correct, n]
-            if bar and (step % max(1, tc["log_interval"]) == 0 or step % steps_per_epoch == 0):
-                pbar.set_postfix(loss=f"{meter[0] / max(meter[2], 1):.4f}", acc=f"{100 * meter[1] / max(meter[2], 1):.2f}",
-                                 lr=f"{lr_now:.4g}", img_s=f"{seen / max(time.time() - t0, 1e-9):.1f}")
+            if (bar or lines) and (step % max(1, tc["log_interval"]) == 0 or step % steps_per_epoch == 0):
+                stats = dict(loss=f"{meter[0] / max(meter[2], 1):.4f}", acc=f"{100 * meter[1] / max(meter[2], 1):.2f}",
+                             lr=f"{lr_now:.4g}", img_s=f"{seen / max(time.time() - t0, 1e-9):.1f}")
+                if bar:
+                    pbar.set_postfix(**stats)
+                else:
+                    log(f"epoch {epoch + 1}/{epochs} step {step - epoch * steps_per_epoch}/{steps_per_epoch}: "
+                        + ", ".join(f"{k} {v}" for k, v in stats.items()))
             pbar.update(1)
             if tc["save_every_iters"] and step % tc["save_every_iters"] == 0 and step % steps_per_epoch:
                 writes += 1

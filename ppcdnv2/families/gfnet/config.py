@@ -1,0 +1,184 @@
+"""GFNet configuration, framework-free (no paddle, no torch).
+
+One :class:`GFNetConfig` describes one released Glance-and-Focus network of blackfeather-wang/GFNet-Pytorch:
+which backbone encodes the glance and the patches, the patch size ``P`` (also the glance size), the
+sequence length ``T``, the input side ``W``, the glance interpolation, and the shapes of the recurrent
+classifier (``Full_layer``) and the patch policy (``ActorCritic``). The values of the 14 released
+configurations (:data:`PRESETS`, keyed like the fixtures: ``<model_name>_p<P>_t<T>``) are upstream's
+``configs.py`` entries plus the patch size and length of each published checkpoint.
+
+Derived quantities, as upstream computes them:
+
+* ``fmap_side`` = ``ceil(P / 32)``: the side of the backbone's last feature map on a ``P x P`` input;
+* ``state_dim`` = ``fmap_channels * fmap_side ** 2``: the policy's flattened state (``inference.py``);
+  ``None`` is resolved to it, any other value must equal it;
+* the conv policy encoder's Linear reads ``32 * fmap_side ** 2`` values (upstream writes it as
+  ``int(state_dim * 32 / feature_dim)``).
+
+``step0`` says which module turns the glance features into the step-0 prediction: ``"fc"`` = GFNet's own
+recurrent classifier (ResNet, DenseNet), ``"backbone"`` = the backbone's classifier head
+(``model_prime.fc`` for RegNet, whose GRU still runs at step 0 to set its hidden state;
+``model_prime.classifier`` for MobileNetV3 / EfficientNet, whose cascade only stores the glance features).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from math import ceil
+from typing import Any, Dict, Mapping, Optional
+
+__all__ = ["GFNetConfig", "PRESETS", "INTERPOLATIONS", "STEP0_SOURCES", "CASCADE_MAX_STEPS", "N_BUDGETS"]
+
+INTERPOLATIONS = ("bilinear", "bicubic")
+STEP0_SOURCES = ("fc", "backbone")
+CASCADE_MAX_STEPS = 5  # upstream's cascade classifier has fc_2 .. fc_5
+N_BUDGETS = 39  # inference.main(): p = 1 .. 39
+
+
+@dataclass(frozen=True)
+class GFNetConfig:
+    """Everything that fixes the shapes and the inference arithmetic of one GFNet.
+
+    ``fc_hidden`` is the GRU width of the recurrent classifier (upstream ``fc_hidden_dim``); ``None`` for
+    the cascade classifier (``fc_rnn=False``), which has no hidden layer. ``crop_pct`` and
+    ``dataset_interpolation`` are upstream's evaluation preprocessing (resize to ``W / crop_pct``, centre
+    crop ``W``); the network itself does not read them.
+    """
+
+    backbone: str = "resnet50"
+    patch_size: int = 96
+    T: int = 5
+    image_size: int = 224
+    prime_interpolation: str = "bicubic"
+    feature_num: int = 2048
+    fmap_channels: int = 2048
+    fc_rnn: bool = True
+    fc_hidden: Optional[int] = 1024
+    policy_conv: bool = False
+    policy_hidden_dim: int = 1024
+    state_dim: Optional[int] = None
+    step0: str = "fc"
+    num_classes: int = 1000
+    crop_pct: float = 0.875
+    dataset_interpolation: str = "bilinear"
+
+    family_title = "GFNet"  # class attribute (not a field)
+
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "T", "image_size", "feature_num", "fmap_channels", "policy_hidden_dim",
+                     "num_classes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if self.patch_size > self.image_size:
+            raise ValueError(f"patch_size ({self.patch_size}) must not exceed image_size ({self.image_size})")
+        if self.T < 1:
+            raise ValueError(f"T must be >= 1, got {self.T}")
+        for name in ("prime_interpolation", "dataset_interpolation"):
+            if getattr(self, name) not in INTERPOLATIONS:
+                raise ValueError(f"{name} must be one of {INTERPOLATIONS}, got {getattr(self, name)!r}")
+        if self.step0 not in STEP0_SOURCES:
+            raise ValueError(f"step0 must be one of {STEP0_SOURCES}, got {self.step0!r}")
+        if self.fc_rnn:
+            if isinstance(self.fc_hidden, bool) or not isinstance(self.fc_hidden, int) or self.fc_hidden < 1:
+                raise ValueError(f"the GRU classifier (fc_rnn=True) needs fc_hidden >= 1, got {self.fc_hidden!r}")
+        else:
+            if self.step0 != "backbone":
+                raise ValueError("the cascade classifier (fc_rnn=False) gives no step-0 prediction; "
+                                 "step0 must be 'backbone'")
+            if self.T > CASCADE_MAX_STEPS:
+                raise ValueError(f"the cascade classifier has fc_2..fc_{CASCADE_MAX_STEPS}: T must be <= "
+                                 f"{CASCADE_MAX_STEPS}, got {self.T}")
+        expected = self.fmap_channels * self.fmap_side ** 2
+        if self.state_dim is None:
+            object.__setattr__(self, "state_dim", expected)
+        elif self.state_dim != expected:
+            raise ValueError(f"state_dim must be fmap_channels * ceil(P/32)^2 = {expected}, got {self.state_dim}")
+        if not 0.0 < float(self.crop_pct) <= 1.0:
+            raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    # -- derived ----------------------------------------------------------------------------------
+    @property
+    def fmap_side(self) -> int:
+        """Side of the backbone's last feature map on a P x P input (stride 32, ceil)."""
+        return ceil(self.patch_size / 32)
+
+    @property
+    def policy_encoder_in(self) -> int:
+        """Input width of the policy encoder's Linear (after the 1x1 conv to 32 channels, or the raw map)."""
+        return 32 * self.fmap_side ** 2 if self.policy_conv else self.state_dim
+
+    @property
+    def name(self) -> str:
+        """``<backbone>_p<P>_t<T>`` (the fixtures' and the presets' key)."""
+        return f"{self.backbone}_p{self.patch_size}_t{self.T}"
+
+    @property
+    def resize_size(self) -> int:
+        """Evaluation resize (shorter side) before the centre crop, as upstream: ``int(W / crop_pct)``."""
+        return int(self.image_size / self.crop_pct)
+
+    # -- dict round trip ---------------------------------------------------------------------------
+    def replace(self, **kw: Any) -> "GFNetConfig":
+        """A copy with some fields changed (validated like a new config); ``state_dim`` is re-derived
+        unless given."""
+        bad = sorted(set(kw) - {f.name for f in dataclasses.fields(self)})
+        if bad:
+            raise ValueError(f"unknown GFNetConfig field(s): {', '.join(bad)}")
+        kw.setdefault("state_dim", None)
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain dict of the fields (JSON/YAML friendly)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GFNetConfig":
+        """Inverse of :meth:`to_dict`; unknown keys are an error rather than silently dropped."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - names)
+        if bad:
+            raise ValueError(f"unknown GFNetConfig key(s): {', '.join(map(str, bad))}")
+        return cls(**dict(d))
+
+
+# -- presets ----------------------------------------------------------------------------------------
+# upstream configs.py, per backbone: feature_num, feature_map_channels, policy_conv, policy_hidden_dim,
+# fc_rnn, fc_hidden_dim, image_size, crop_pct, dataset_interpolation, prime_interpolation; plus the
+# step-0 source of inference.generate_logits.
+_BACKBONES: Dict[str, Dict[str, Any]] = {
+    "resnet50": dict(feature_num=2048, fmap_channels=2048, policy_conv=False, policy_hidden_dim=1024,
+                     fc_rnn=True, fc_hidden=1024, image_size=224, crop_pct=0.875,
+                     dataset_interpolation="bilinear", prime_interpolation="bicubic", step0="fc"),
+    **{name: dict(feature_num=f, fmap_channels=f, policy_conv=False, policy_hidden_dim=1024, fc_rnn=True,
+                  fc_hidden=1024, image_size=224, crop_pct=0.875, dataset_interpolation="bilinear",
+                  prime_interpolation="bilinear", step0="fc")
+       for name, f in (("densenet121", 1024), ("densenet169", 1664), ("densenet201", 1920))},
+    **{name: dict(feature_num=f, fmap_channels=f, policy_conv=True, policy_hidden_dim=256, fc_rnn=True,
+                  fc_hidden=1024, image_size=224, crop_pct=0.875, dataset_interpolation="bilinear",
+                  prime_interpolation="bilinear", step0="backbone")
+       for name, f in (("regnety_600m", 608), ("regnety_800m", 768), ("regnety_1.6g", 888))},
+    **{name: dict(feature_num=1280, fmap_channels=c, policy_conv=True, policy_hidden_dim=256, fc_rnn=False,
+                  fc_hidden=None, image_size=224, crop_pct=0.875, dataset_interpolation="bilinear",
+                  prime_interpolation="bicubic", step0="backbone")
+       for name, c in (("mobilenetv3_large_100", 960), ("mobilenetv3_large_125", 1200))},
+    "efficientnet_b2": dict(feature_num=1408, fmap_channels=1408, policy_conv=True, policy_hidden_dim=256,
+                            fc_rnn=False, fc_hidden=None, image_size=260, crop_pct=0.875,
+                            dataset_interpolation="bicubic", prime_interpolation="bicubic", step0="backbone"),
+    "efficientnet_b3": dict(feature_num=1536, fmap_channels=1536, policy_conv=True, policy_hidden_dim=256,
+                            fc_rnn=False, fc_hidden=None, image_size=300, crop_pct=0.904,
+                            dataset_interpolation="bicubic", prime_interpolation="bicubic", step0="backbone"),
+}
+
+# the released checkpoints: (backbone, P, T)
+_RELEASED = (
+    ("resnet50", 96, 5), ("resnet50", 128, 5),
+    ("densenet121", 96, 5), ("densenet169", 96, 5), ("densenet201", 96, 5),
+    ("regnety_600m", 96, 5), ("regnety_800m", 96, 5), ("regnety_1.6g", 96, 5),
+    ("mobilenetv3_large_100", 96, 3), ("mobilenetv3_large_100", 128, 3), ("mobilenetv3_large_125", 128, 3),
+    ("efficientnet_b2", 128, 4), ("efficientnet_b3", 128, 4), ("efficientnet_b3", 144, 4),
+)
+
+PRESETS: Dict[str, GFNetConfig] = {
+    f"{b}_p{p}_t{t}": GFNetConfig(backbone=b, patch_size=p, T=t, **_BACKBONES[b]) for b, p, t in _RELEASED
+}
