@@ -238,6 +238,8 @@ class Family:
                     import yaml
 
                     fields = yaml.safe_load(text)
+                if isinstance(fields, Mapping) and isinstance(fields.get("model"), Mapping):
+                    return self._config_from_run(fields["model"], path), f"{path.name} (model section)"
                 return self.config_class.from_dict(fields), f"{path.name}"
             except (ValueError, TypeError, AttributeError) as e:
                 raise WeightsError(f"--arch {arch}: not a {self.name} configuration ({e})") from None
@@ -247,6 +249,21 @@ class Family:
 
         raise WeightsError(f"--arch {arch!r}: not a {self.name} preset ({', '.join(self.presets)}) "
                            f"nor a .json/.yaml configuration file")
+
+    def _config_from_run(self, model_section, path):
+        """The model of a training config (``output/<run>/config.yaml``): its ``model`` section as the engine
+        reads it; the class count is taken from the weights when the section leaves it to the data."""
+        from .engine.build import model_config
+        from .weights import WeightsError
+
+        try:
+            cfg = model_config(model_section)
+        except Exception as e:  # ConfigError, unknown fields
+            raise WeightsError(f"--arch {path}: its model section does not describe a model ({e})") from None
+        if family_of(cfg) is not self:
+            raise WeightsError(f"--arch {path}: a {family_of(cfg).title} configuration, but the weights are "
+                               f"{self.title}")
+        return cfg
 
     def template(self, cfg, form: str):
         """A model used only for its structure (key names, shapes, layer kinds); cached, never loaded."""
@@ -303,10 +320,23 @@ class Family:
         if arch:
             cfg, label = self.config_from_arch(arch)
             source = "--arch"
+            cfg = self._classes_from_weights(cfg, state, layout, form, notes)
         else:
             cfg, label, source = self._decide(state, layout, form, args, notes, where)
         check_shapes(self.expected_shapes(cfg, form, layout), state, f"{label} ({form} form)", where)
         return Detection(self, cfg, form, label, source, notes)
+
+    def _classes_from_weights(self, cfg, state, layout, form, notes):
+        """An --arch configuration with the class count the weights' classifier shows (a fine-tuned preset,
+        or a training config whose classes came from its data)."""
+        try:
+            n = self.infer_config(state, layout, form)[0].num_classes
+        except Exception:  # the shape check that follows names what does not fit
+            return cfg
+        if n != cfg.num_classes:
+            notes.append(f"the weights have {n} classes: num_classes={n} instead of {cfg.num_classes}")
+            return cfg.replace(num_classes=n)
+        return cfg
 
     def _decide(self, state, layout, form, args, notes, where):
         from .convert.checks import ArchMismatchError
@@ -428,8 +458,11 @@ def create_model(name: str, pretrained: Optional[str] = None, **kwargs):
     Keyword arguments override config fields (e.g. ``num_classes=10``) or pass ``features_only``.
     With ``pretrained`` and a changed ``num_classes``, the classifier is left freshly initialised.
     """
+    n = kwargs.get("num_classes")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0):
+        raise ValueError(f"num_classes must be a non-negative int (0: no classifier), got {n!r}")
     model = model_entry(name).build(**kwargs)
-    if pretrained:
+    if pretrained is not None and pretrained is not False:
         from .weights import load_pretrained
 
         load_pretrained(model, pretrained, skip_classifier="num_classes" in kwargs)

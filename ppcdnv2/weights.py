@@ -173,7 +173,15 @@ def save_weights(state: Mapping[str, np.ndarray], path, fmt: Optional[str] = Non
     if fmt == "safetensors":
         from safetensors.numpy import save_file
 
-        return atomic_write(path, lambda tmp: save_file(state, tmp))
+        def write_safetensors(tmp):
+            try:
+                save_file(state, tmp)
+            except OSError:
+                raise
+            except Exception as e:  # safetensors reports a full disk as its own SafetensorError
+                raise OSError(28, f"cannot write safetensors ({e})", str(path)) from None
+
+        return atomic_write(path, write_safetensors)
     if fmt != "pdparams":
         raise ValueError(f"unknown weights format {fmt!r}; expected 'pdparams' or 'safetensors'")
 
@@ -215,13 +223,22 @@ def framework_of(state: Mapping[str, np.ndarray]) -> str:
     return "paddle"
 
 
+def local_path(path) -> Path:
+    """``path`` as an existing local file, or a WeightsError saying what is wrong (nothing is ever downloaded)."""
+    if isinstance(path, bool) or not isinstance(path, (str, os.PathLike)):
+        raise WeightsError(f"pretrained={path!r}: give the path of a local weights file (nothing is downloaded)")
+    text = os.fspath(path)
+    if "://" in text:
+        raise WeightsError(f"{text}: nothing is downloaded here; download the file yourself and pass its local path")
+    path = Path(text)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file" + ("; it is a directory" if path.is_dir() else ""))
+    return path
+
+
 def read_weights(path) -> Dict[str, np.ndarray]:
     """A Paddle-side weights file: .pdparams (ours, ppim's, ``paddle.save``'s) or .safetensors; read safely."""
-    path = Path(path)
-    if str(path).startswith(("http://", "https://")):
-        raise WeightsError(f"{path}: download the file first and pass its local path (no network access here)")
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
+    path = local_path(path)
     if path.suffix == ".safetensors":
         return read_safetensors(path)
     return read_paddle_weights(path)
@@ -234,11 +251,7 @@ def read_state(path, which: str = "ema") -> Dict[str, np.ndarray]:
     code), our training checkpoints (``which``: their EMA or raw model weights), .pdparams (ours or
     ppim's) and .safetensors (ours, or torch-layout ones such as timm's hub files).
     """
-    path = Path(path)
-    if str(path).startswith(("http://", "https://")):
-        raise WeightsError(f"{path}: download the file first and pass its local path (no network access here)")
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such file")
+    path = local_path(path)
     if is_torch_file(path):
         from .convert import extract_state_dict
         from .convert.torch_file import load_torch_file

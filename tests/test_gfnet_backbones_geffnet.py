@@ -4,6 +4,13 @@ Paddle port against the official GFNet outputs of the fixtures (``../shared/fixt
 Step 0: ``model_prime_state_dict`` on the glance image ``prime`` -> ``features[0]``, ``fmaps[0]``; step 1:
 ``model_state_dict`` on the patch of ``x`` at ``coords[0]`` -> ``features[1]``, ``fmaps[1]``. The step-0
 logits of these configurations are the backbone's own ``classifier`` on ``features[0]``.
+
+Tolerances (max abs difference / std of the expected tensor). These calibrated-BN nets amplify float32
+rounding: the fixture's own maps are up to 1.3e-4 (max/std) away from the same float64 computation, and a
+float32 re-run with another summation order (torch on one thread, Paddle) lands 0.3e-4 .. 2e-4 away
+(measured; the bigger EfficientNets at the top). So the vectors are held to 1e-4 as the fixtures' README
+suggests, the maps to 5e-4 max/std plus 5e-5 RMS/std; the structure itself is pinned far tighter by the
+float64 check (Paddle vs the torch reference, same weights and inputs: measured <= 4e-9).
 """
 import functools
 
@@ -21,7 +28,10 @@ CASES = {
     "efficientnet_b3_p144_t4": "efficientnet_b3",
 }
 STEPS = {0: "model_prime_state_dict", 1: "model_state_dict"}
-TOL = 1e-4
+TOL = 1e-4            # vectors, logits
+TOL_MAP = 5e-4        # feature maps, max abs / std
+TOL_MAP_RMS = 5e-5    # feature maps, RMS / std
+TOL_F64 = 1e-7        # Paddle vs torch reference, both in float64
 
 
 def rel(got, want) -> float:
@@ -29,6 +39,11 @@ def rel(got, want) -> float:
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, (got.shape, want.shape)
     return float(np.abs(got - want).max() / want.std())
+
+
+def rel_rms(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.sqrt(((got - want) ** 2).mean()) / want.std())
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,7 +125,8 @@ def test_upstream_width_quirks():
     from ppcdnv2.families.gfnet.backbones import efficientnet, mobilenetv3
     from ppcdnv2.families.gfnet.backbones.geffnet_blocks import make_divisible
 
-    assert make_divisible(20) == 24 and make_divisible(18) == 16 and make_divisible(30) == 32
+    # nearest multiple of 8 (halves up), bumped by 8 when that loses more than 10 %
+    assert make_divisible(20) == 24 and make_divisible(18) == 24 and make_divisible(30) == 32
     stem, stages, last, head = mobilenetv3.plan("mobilenetv3_large_125")
     assert (stem, last, head) == (24, 1200, 1280)  # 16 * 1.25 = 20 -> 24; head not scaled
     assert stages[0][0].residual and stages[0][0].in_ch == stages[0][0].out_ch == 24
@@ -126,34 +142,50 @@ def test_upstream_width_quirks():
 # --- numerics against the official outputs ---------------------------------------------------------------
 def _check_steps(cfg, build, run):
     data = _io(cfg)
-    out = {}
+    vecs, maps, rms = {}, {}, {}
     for step, component in STEPS.items():
         vec, fmap = run(build(cfg, component), step_input(cfg, step))
-        out[f"features[{step}]"] = rel(vec, data["features"][step])
-        out[f"fmaps[{step}]"] = rel(fmap, data["fmaps"][step])
-    assert max(out.values()) < TOL, out
-    return out
+        vecs[step] = rel(vec, data["features"][step])
+        maps[step] = rel(fmap, data["fmaps"][step])
+        rms[step] = rel_rms(fmap, data["fmaps"][step])
+    report = dict(features=vecs, fmaps=maps, fmaps_rms=rms)
+    assert max(vecs.values()) < TOL, report
+    assert max(maps.values()) < TOL_MAP, report
+    assert max(rms.values()) < TOL_MAP_RMS, report
+    return report
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("cfg", CASES)
 def test_reference_matches_upstream(cfg):
     _check_steps(cfg, reference, run_reference)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("cfg", CASES)
 def test_paddle_matches_upstream(cfg):
     _check_steps(cfg, paddle_model, run_paddle)
 
 
-@pytest.mark.parametrize("cfg", ["mobilenetv3_large_100_p96_t3"])
-def test_paddle_matches_upstream_quick(cfg):
-    """The smallest configuration, step 0 and 1, unmarked so the quick suite runs one full port check."""
-    _check_steps(cfg, paddle_model, run_paddle)
+@pytest.mark.parametrize("cfg", CASES)
+def test_paddle_matches_reference_float64(cfg):
+    """Same weights (step 1's) and input in float64: any structural difference would show far above
+    float64 noise, which float32 rounding hides at the 1e-4 level."""
+    import copy
+
+    import paddle
+    import torch
+
+    x = step_input(cfg, 1).astype(np.float64)
+    ref = copy.deepcopy(reference(cfg, STEPS[1])).double()
+    with torch.no_grad():
+        want = [t.numpy() for t in ref(torch.from_numpy(x))]
+    pd = copy.deepcopy(paddle_model(cfg, STEPS[1]))
+    pd.to(dtype="float64")
+    with paddle.no_grad():
+        got = [t.numpy() for t in pd(paddle.to_tensor(x))]
+    assert got[0].dtype == np.float64
+    assert rel(got[0], want[0]) < TOL_F64 and rel(got[1], want[1]) < TOL_F64
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("cfg", CASES)
 def test_classify(cfg):
     """``classify`` on ``features[0]``: [B, 1000], torch == paddle, == the official step-0 logits."""
@@ -179,7 +211,7 @@ def test_input_size_agnostic():
     vec_r, fmap_r = run_reference(reference(cfg, STEPS[0]), x)
     vec_p, fmap_p = run_paddle(paddle_model(cfg, STEPS[0]), x)
     assert fmap_p.shape == fmap_r.shape == (1, 960, 4, 3) and vec_p.shape == (1, 1280)
-    assert rel(vec_p, vec_r) < TOL and rel(fmap_p, fmap_r) < TOL
+    assert rel(vec_p, vec_r) < TOL and rel(fmap_p, fmap_r) < TOL_MAP
 
 
 def test_unknown_name():

@@ -120,7 +120,8 @@ def test_block_widths_and_half_to_even_quantisation():
 def test_layouts_match_checkpoint(cfg):
     """Torch reference: upstream's keys in upstream's order with its shapes; Paddle: every key and shape
     after the generic conversion; both expose feature_num / fmap_channels."""
-    expected = [(k[len("module."):], tuple(s)) for k, s, _, _ in description(cfg)["state_dicts"]["model_prime_state_dict"]]
+    keys = description(cfg)["state_dicts"]["model_prime_state_dict"]
+    expected = [(k[len("module."):], tuple(s)) for k, s, _, _ in keys]
     ref = build_reference_backbone(CONFIGS[cfg])
     assert [(k, tuple(v.shape)) for k, v in ref.state_dict().items()] == expected
     model = build_backbone(CONFIGS[cfg])

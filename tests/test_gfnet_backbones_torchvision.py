@@ -3,7 +3,8 @@ ports reproduce the official GFNet code's per-step backbone outputs stored in th
 
 Step 0 is the glance (``model_prime`` on ``io['prime']``); step 1 is the first focus (``model`` on the patch of
 ``x`` at ``coords[0]``: row = height offset, column = width offset, side P). Both the pooled vector
-(``features``) and the feature map the policy reads (``fmaps``) are compared, to 1e-4 of their scale.
+(``features``) and the feature map the policy reads (``fmaps``) are compared, to 1e-4 of their scale; the
+backbone's own head (``classify``) is checked against the stored ``fc`` / ``classifier`` weights.
 """
 import functools
 
@@ -15,7 +16,6 @@ from gfnet_fixtures import description, io, weights
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 NAMES = ("resnet50_p96_t5", "resnet50_p128_t5", "densenet121_p96_t5", "densenet169_p96_t5", "densenet201_p96_t5")
-ARCHS = ("resnet50", "densenet121", "densenet169", "densenet201")
 COMPONENTS = {0: "model_prime_state_dict", 1: "model_state_dict"}
 TOL = 1e-4
 
@@ -73,20 +73,20 @@ def _paddle_model(name, step):
     return load_state_dict(model, torch_to_paddle_state(_weights(name, COMPONENTS[step]), model), strict=True)
 
 
-def _run_torch(model, x):
+def _run_torch(model, x, head=False):
     import torch
 
     with torch.no_grad():
-        vec, fmap = model(torch.from_numpy(x))
-    return vec.numpy(), fmap.numpy()
+        out = model.classify(torch.from_numpy(x)) if head else model(torch.from_numpy(x))
+    return out.numpy() if head else tuple(o.numpy() for o in out)
 
 
-def _run_paddle(model, x):
+def _run_paddle(model, x, head=False):
     import paddle
 
     with paddle.no_grad():
-        vec, fmap = model(paddle.to_tensor(x))
-    return vec.numpy(), fmap.numpy()
+        out = model.classify(paddle.to_tensor(x)) if head else model(paddle.to_tensor(x))
+    return out.numpy() if head else tuple(o.numpy() for o in out)
 
 
 # framework varies fastest so that both use the same cached weights
@@ -97,51 +97,22 @@ CASES = [pytest.param(name, step, fw, id=f"{name}-step{step}-{fw}")
 @pytest.mark.parametrize("name,step,framework", CASES)
 def test_backbone_matches_upstream(name, step, framework):
     cfg, data = _config(name), _io(name)
-    if framework == "torch":
-        model = _torch_model(name, step)
-        vec, fmap = _run_torch(model, _step_input(name, step))
-    else:
-        model = _paddle_model(name, step)
-        vec, fmap = _run_paddle(model, _step_input(name, step))
+    model, run = (_torch_model, _run_torch) if framework == "torch" else (_paddle_model, _run_paddle)
+    model = model(name, step)
+    vec, fmap = run(model, _step_input(name, step))
     assert (model.feature_num, model.fmap_channels) == (cfg["feature_num"], cfg["feature_map_channels"])
     k = -(-cfg["patch_size"] // 32)
     assert fmap.shape == (2, cfg["feature_map_channels"], k, k)
     assert _rel(vec, data["features"][step]) < TOL
     assert _rel(fmap, data["fmaps"][step]) < TOL
 
-
-@pytest.mark.parametrize("name", ["resnet50_p96_t5", "densenet121_p96_t5"])
-@pytest.mark.parametrize("framework", ["torch", "paddle"])
-def test_classify_is_the_head(name, framework):
-    """``classify`` is the backbone's own head (``fc`` / ``classifier``) on the vector: [B, 1000], y = W v + b."""
-    state = _weights(name, COMPONENTS[0])
-    head = "fc" if name.startswith("resnet") else "classifier"
-    vec = _io(name)["features"][0]
-    want = vec.astype(np.float64) @ state[f"{head}.weight"].T.astype(np.float64) + state[f"{head}.bias"]
-    if framework == "torch":
-        import torch
-
-        with torch.no_grad():
-            got = _torch_model(name, 0).classify(torch.from_numpy(vec)).numpy()
-    else:
-        import paddle
-
-        with paddle.no_grad():
-            got = _paddle_model(name, 0).classify(paddle.to_tensor(vec)).numpy()
-    assert got.shape == (2, 1000)
-    assert _rel(got, want) < TOL
-
-
-@pytest.mark.parametrize("arch", ARCHS)
-def test_built_by_name_with_upstream_widths(arch):
-    from ppcdnv2.families.gfnet.backbones import build_backbone
-    from ppcdnv2.families.gfnet.reference import build_reference_backbone
-
-    width = {"resnet50": 2048, "densenet121": 1024, "densenet169": 1664, "densenet201": 1920}[arch]
-    for model in (build_backbone(arch), build_reference_backbone(arch)):
-        assert (model.feature_num, model.fmap_channels) == (width, width)
-        head = model.fc if arch == "resnet50" else model.classifier
-        assert tuple(head.weight.shape) in ((1000, width), (width, 1000))
+    # classify: the backbone's own head (fc / classifier; not part of forward) on the vector, [B, 1000]
+    state, head = _weights(name, COMPONENTS[step]), "fc" if name.startswith("resnet") else "classifier"
+    want = data["features"][step].astype(np.float64) @ state[f"{head}.weight"].T.astype(np.float64)
+    want += state[f"{head}.bias"]
+    logits = run(model, data["features"][step], head=True)
+    assert logits.shape == (2, 1000)
+    assert _rel(logits, want) < TOL
 
 
 @pytest.mark.parametrize("arch,side,k", [("resnet50", 224, 7), ("densenet121", 100, 3)])

@@ -96,7 +96,7 @@ def test_resume_refuses_a_different_batch(reference, tmp_path):
     import shutil
 
     shutil.copy(reference / "checkpoint_last.safetensors", tmp_path / "checkpoint_last.safetensors")
-    log = train(tmp_path, "train.batch_size=32", resume=True, expect=2)
+    log = train(tmp_path, "train.batch_size=32", resume=True, expect=1)
     assert "resume with the same data and batch" in log
     (tmp_path / "junk.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="junk.safetensors"):

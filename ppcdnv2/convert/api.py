@@ -7,6 +7,7 @@ DST) and refuse an existing DST unless ``force``.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,16 @@ def _checkpoint_args(obj):
     return None
 
 
+def check_finite(state: Mapping[str, np.ndarray], where: str) -> None:
+    """Refuse weights holding NaN or Inf: a converted model would silently predict garbage."""
+    bad = [k for k, v in state.items()
+           if np.issubdtype(np.asarray(v).dtype, np.floating) and not np.isfinite(np.asarray(v)).all()]
+    if bad:
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise WeightsError(f"{where}: {bad[0]!r} holds NaN/Inf values{more}; nothing was written "
+                           f"(--allow-nonfinite converts it anyway)")
+
+
 def _log(log: Optional[Callable], msg: str):
     if log is not None:
         log(msg)
@@ -144,6 +155,22 @@ def reference_logits(detection: Detection, torch_state: Mapping[str, np.ndarray]
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def _verify_runs(det: Detection, dst):
+    """A model that cannot even run on the verification input (its configuration was guessed wrong: a field
+    the weights do not show, such as the stem) is a --verify failure naming the way out, not a traceback."""
+    try:
+        yield
+    except (RuntimeError, ValueError) as e:
+        if isinstance(e, VerificationError):
+            raise
+        hint = ("; the weights do not show every field of a custom configuration: pass --arch with the "
+                "training config (output/<run>/config.yaml) or a .yaml of its fields") if det.source == "inferred" else ""
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VerificationError(f"--verify could not run {det.label} on a {det.cfg.input_size}x{det.cfg.input_size} "
+                                f"input ({first}){hint}; {dst} not written") from None
+
+
 def _compare(ref_out, ours_out, tol: float, what: str, log) -> float:
     diff = max_abs_diff(ref_out, ours_out)
     _log(log, f"verify: max |torch reference - paddle| of the logits = {diff:.3g} (tolerance {tol:g})")
@@ -156,7 +183,8 @@ def _compare(ref_out, ours_out, tol: float, what: str, log) -> float:
 def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "converted",
                              weights: str = "ema", fmt: Optional[str] = None, layout: str = "ours",
                              force: bool = False, verify: bool = False, tol: float = DEFAULT_TOL,
-                             log: Optional[Callable[[str], None]] = None) -> ConversionResult:
+                             log: Optional[Callable[[str], None]] = None,
+                             allow_nonfinite: bool = False) -> ConversionResult:
     """A torch checkpoint (any form the official code and its users write) → Paddle weights at ``dst``.
 
     ``form``: "converted" (condensed; a training-form SRC is condensed here) or "train" (keep the
@@ -180,6 +208,10 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
     if dst.suffix.lower() in TORCH_SUFFIXES:
         raise WeightsError(f"{dst}: SRC is a torch checkpoint, so DST must be .pdparams or .safetensors "
                            f"(Paddle → torch goes the other way: a .pdparams/.safetensors SRC)")
+    if dst.suffix.lower() not in (".pdparams", ".safetensors"):
+        raise WeightsError(f"{dst}: DST must end in .pdparams or .safetensors (not {dst.suffix or 'no suffix'!r})")
+    if not tol > 0:
+        raise WeightsError(f"--tol must be a positive number, got {tol}")
     if verify:
         _require_torch()
 
@@ -188,6 +220,8 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
         state, key = extract_state_dict(obj, weights, where=str(src))
     except ValueError as e:
         raise WeightsError(str(e)) from None
+    if not allow_nonfinite:
+        check_finite(state, str(src))
     spec = find_family(state, where=str(src))
     if layout != "ours" and layout not in spec.paddle_layouts:
         raise WeightsError(f"--{layout}: {spec.title} has no {layout} layout"
@@ -221,7 +255,9 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
             written = read_safetensors(tmp) if fmt == "safetensors" else read_paddle_weights(tmp)
             ours = load_state_dict(spec.build(det.cfg, form), written, where=str(dst))
             x = _random_input(det.cfg)
-            result.max_diff = _compare(reference_logits(det, state, det.form, x, as_form=form), _paddle_logits(ours, x),
+            with _verify_runs(det, dst):
+                ref = reference_logits(det, state, det.form, x, as_form=form)
+                result.max_diff = _compare(ref, _paddle_logits(ours, x),
                                        tol, str(dst), log)
 
     atomic_write(dst, write)
@@ -242,7 +278,8 @@ def _log_read(log, src, key, det: Detection):
 # --- paddle -> torch -------------------------------------------------------------------------
 def export_torch_checkpoint(src, dst, arch: Optional[str] = None, layout: str = "official", force: bool = False,
                             verify: bool = False, tol: float = DEFAULT_TOL,
-                            log: Optional[Callable[[str], None]] = None) -> ConversionResult:
+                            log: Optional[Callable[[str], None]] = None,
+                            allow_nonfinite: bool = False) -> ConversionResult:
     """Paddle weights (either form; ours or another Paddle layout such as ppim's) → a torch checkpoint in
     ``layout`` ("official" or another of the family's ``layouts``, e.g. "timm"), loadable with
     ``torch.load(weights_only=True)`` into that code's model: the official layout in the container the
@@ -250,12 +287,19 @@ def export_torch_checkpoint(src, dst, arch: Optional[str] = None, layout: str = 
     DST is written as safetensors (as timm's hub files). Torch is not needed to write it."""
     src, dst = Path(src), Path(dst)
     _check_paths(src, dst, force)
+    if not tol > 0:
+        raise WeightsError(f"--tol must be a positive number, got {tol}")
+    if dst.suffix.lower() not in TORCH_SUFFIXES + (".safetensors", ".pdparams"):
+        raise WeightsError(f"{dst}: DST must end in .pth (or .pt, .pth.tar) or .safetensors "
+                           f"(not {dst.suffix or 'no suffix'!r})")
     if dst.suffix.lower() == ".pdparams":
         raise WeightsError(f"{dst}: SRC is Paddle weights, so DST is a torch checkpoint (.pth, or a torch-layout "
                            f".safetensors); to change Paddle formats load and save with ppcdnv2.weights")
     if verify:
         _require_torch()
     state = read_weights(src)  # ours (.pdparams/.safetensors) or ppim's/paddle.save's
+    if not allow_nonfinite:
+        check_finite(state, str(src))
     spec = find_family(state, where=str(src))
     if layout not in spec.layouts:
         raise WeightsError(f"--layout {layout}: {spec.title} is written in the layouts {', '.join(spec.layouts)}")
@@ -284,8 +328,9 @@ def export_torch_checkpoint(src, dst, arch: Optional[str] = None, layout: str = 
                 obj = torch.load(tmp, map_location="cpu", weights_only=True)
                 written = {k: v.numpy() for k, v in (obj[container] if container else obj).items()}
             x = _random_input(det.cfg)
-            ref = reference_logits(det, spec.to_official(written)[0], det.form, x)
-            result.max_diff = _compare(ref, _paddle_logits(model, x), tol, str(dst), log)
+            with _verify_runs(det, dst):
+                ref = reference_logits(det, spec.to_official(written)[0], det.form, x)
+                result.max_diff = _compare(ref, _paddle_logits(model, x), tol, str(dst), log)
 
     atomic_write(dst, write)
     what = f"{det.form} form " if len(spec.forms) > 1 else ""

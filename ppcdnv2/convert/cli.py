@@ -70,6 +70,8 @@ def build_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         "than --tol")
     p.add_argument("--tol", type=float, default=DEFAULT_TOL, help=f"--verify tolerance (default {DEFAULT_TOL:g})")
     p.add_argument("--force", action="store_true", help="overwrite an existing DST")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="convert weights holding NaN/Inf (refused by default: the model would predict garbage)")
     p.add_argument("--traceback", action="store_true", help=argparse.SUPPRESS)
     return p
 
@@ -83,14 +85,16 @@ def main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
                 raise WeightsError("--form/--weights/--format/--ppim apply to torch -> Paddle only; "
                                    "Paddle -> torch keeps SRC's form")
             result = export_torch_checkpoint(args.src, args.dst, arch=args.arch, layout=args.layout,
-                                             force=args.force, verify=args.verify, tol=args.tol, log=say)
+                                             force=args.force, verify=args.verify, tol=args.tol, log=say,
+                                             allow_nonfinite=args.allow_nonfinite)
         else:
             if args.layout != "official":
                 raise WeightsError("--layout applies to Paddle -> torch only; torch -> Paddle detects SRC's layout")
             result = convert_torch_checkpoint(args.src, args.dst, arch=args.arch, form=args.form,
                                               weights=args.weights, fmt=args.format,
                                               layout="ppim" if args.ppim else "ours", force=args.force,
-                                              verify=args.verify, tol=args.tol, log=say)
+                                              verify=args.verify, tol=args.tol, log=say,
+                                              allow_nonfinite=args.allow_nonfinite)
     except (WeightsError, ValueError, KeyError, OSError) as e:
         if args.traceback:
             raise

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
-from .export import ExportError
+from .export import META_SUFFIX, ExportError
 
 EXPORT_DESCRIPTION = """\
 Export any registered model in its deployment form (condensed for the CondenseNets, the one form of ReXNet):
@@ -79,25 +82,29 @@ def export_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) ->
     from .predictor import (DygraphPredictor, OnnxPredictor, PaddlePredictor, default_meta,
                             load_converted_model, set_threads)
 
+    out = Path(args.output)
+    onnx_dst = None if not args.onnx else Path(args.output + ".onnx" if args.onnx is True else args.onnx)
+    stage = None
     try:
         set_threads(args.threads)
         if args.weights is None:
             print(f"{prog}: warning: no --weights, exporting a randomly initialised {args.model}", file=sys.stderr)
         model = load_converted_model(args.model, args.weights)
         meta = default_meta(args.model, model)
-        files = export_inference(model, args.output, meta)
-        print(f"Paddle Inference: {files.model_file} + {files.params_file.name} (+ {files.meta_file.name})")
-        onnx_path = None
-        if args.onnx:
-            onnx_path = Path(args.output + ".onnx" if args.onnx is True else args.onnx)
-            export_onnx(model, onnx_path, meta, opset=args.opset)
-            print(f"ONNX: {onnx_path}")
+        # everything is written to a staging folder beside OUT and moved into place only when all of it was
+        # written (and --check passed): a failure leaves no half export and keeps an older one intact
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export."))
+        files = export_inference(model, stage / out.name, meta)
+        staged_onnx = None
+        if onnx_dst is not None:
+            staged_onnx = export_onnx(model, stage / "model.onnx", meta, opset=args.opset)
         if args.check:
             x = np.random.default_rng(0).standard_normal((2, 3, meta.input_size, meta.input_size), np.float32)
             ref = DygraphPredictor(model)(x)
             checks = [(PaddlePredictor(files.prefix, threads=args.threads), PADDLE_TOL)]
-            if onnx_path is not None:
-                checks.append((OnnxPredictor(onnx_path, threads=args.threads), ONNX_TOL))
+            if staged_onnx is not None:
+                checks.append((OnnxPredictor(staged_onnx, threads=args.threads), ONNX_TOL))
             failed = False
             for predictor, tol in checks:
                 diff = float(np.abs(predictor(x) - ref).max())
@@ -105,9 +112,29 @@ def export_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) ->
                 failed |= not ok
                 print(f"check {predictor.name}: max |logit diff| {diff:.2e} ({'ok' if ok else 'FAILED'}, tol {tol:g})")
             if failed:
+                print(f"{prog}: error: --check failed; nothing was written to {out}", file=sys.stderr)
                 return 1
-    except (ExportError, ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        moved = []
+        for src in (files.model_file, files.params_file, files.meta_file):
+            dst = out.with_name(out.name + src.name[len(out.name):])
+            os.replace(src, dst)
+            moved.append(dst)
+        print(f"Paddle Inference: {moved[0]} + {moved[1].name} (+ {moved[2].name})")
+        if staged_onnx is not None:
+            onnx_dst.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged_onnx, onnx_dst)
+            staged_meta = staged_onnx.with_suffix(META_SUFFIX)
+            if staged_meta.exists():
+                os.replace(staged_meta, onnx_dst.with_suffix(META_SUFFIX))
+            print(f"ONNX: {onnx_dst}")
+    except OSError as e:  # full or read-only disk, a folder in the way: say where
+        where = getattr(e, "filename", None) or out
+        return _fail(prog, f"cannot write {where}: {e.strerror or e}")
+    except (ExportError, ValueError, KeyError, RuntimeError) as e:
         return _fail(prog, e)
+    finally:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
     return 0
 
 
@@ -153,11 +180,28 @@ def infer_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> 
                            progress=not args.json and sys.stderr.isatty())
     except (ExportError, ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         return _fail(prog, e)
+    nonfinite = 0
     for r in results:
+        finite = all(np.isfinite(prob) for _, _, prob in r.top)
+        if not finite:  # NaN/Inf weights: say so, never print NaN into JSON
+            nonfinite += 1
+            print(f"{prog}: error: {r.path}: the model's output is not finite (NaN/Inf in its weights?)",
+                  file=sys.stderr)
         if args.json:
-            print(json.dumps(r.to_dict()))
+            print(json.dumps(_json_safe(r.to_dict()), allow_nan=False))
         else:
             print(r.path)
             for index, name, prob in r.top:
                 print(f"  {prob:7.4f}  {name} ({index})")
-    return 0
+    return 1 if nonfinite else 0
+
+
+def _json_safe(obj):
+    """JSON has no NaN/Infinity: non-finite numbers become null."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj

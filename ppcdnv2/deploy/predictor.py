@@ -59,7 +59,12 @@ class PaddlePredictor:
         config.switch_ir_optim(True)
         config.disable_glog_info()
         self.name = f"paddle-inference-{device}" + ("-onednn" if onednn and device == "cpu" else "")
-        self._predictor = inference.create_predictor(config)
+        try:
+            self._predictor = inference.create_predictor(config)
+        except Exception as e:  # a corrupt program or parameters file: Paddle's message names neither
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ExportError(f"{files.model_file} / {files.params_file.name}: not a loadable Paddle Inference "
+                              f"model ({first}); export it again") from None
         self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
         self._output = self._predictor.get_output_handle(self._predictor.get_output_names()[0])
 
@@ -102,7 +107,11 @@ class OnnxPredictor:
                 raise RuntimeError("device='gpu' but onnxruntime has no CUDAExecutionProvider")
             providers.insert(0, "CUDAExecutionProvider")
         self.name = f"onnxruntime-{device}"
-        self._session = ort.InferenceSession(str(path), opts, providers=providers)
+        try:
+            self._session = ort.InferenceSession(str(path), opts, providers=providers)
+        except Exception as e:  # InvalidProtobuf and friends: a corrupt or truncated file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ExportError(f"{path}: not a readable ONNX model ({first}); export it again") from None
         self._input = self._session.get_inputs()[0].name
 
     def __call__(self, x) -> np.ndarray:

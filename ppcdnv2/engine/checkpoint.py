@@ -18,7 +18,7 @@ import os
 import random
 import signal
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import paddle
@@ -192,16 +192,23 @@ def remove_stale_temporaries(folder, name: str) -> int:
     return n
 
 
-def is_training_checkpoint(path) -> bool:
-    """Whether ``path`` is a .safetensors file carrying our training-checkpoint header (read from the header only)."""
+def checkpoint_header(path) -> Optional[dict]:
+    """The metadata of our training checkpoint at ``path`` (epoch, step, config, ...) read from the file's
+    header alone, or None when it is not one of ours."""
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="np") as f:
             raw = (f.metadata() or {}).get("ppcdnv2")
-        return bool(raw) and json.loads(raw).get("format") == FORMAT
+        meta = json.loads(raw) if raw else None
     except Exception:  # not safetensors, truncated, bad JSON: not one of ours
-        return False
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def is_training_checkpoint(path) -> bool:
+    """Whether ``path`` is a .safetensors file carrying our training-checkpoint header (read from the header only)."""
+    return checkpoint_header(path) is not None
 
 
 def checkpoint_weights(path, which: str = "ema") -> Tuple[Dict[str, np.ndarray], str]:

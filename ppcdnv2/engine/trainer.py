@@ -39,8 +39,8 @@ warnings.filterwarnings("ignore", message="When training, we now always track gl
 from ..registry import family_of
 from ..weights import atomic_write, save_weights, state_dict_numpy
 from .build import build_model, load_initial_weights
-from .checkpoint import (CheckpointError, capture_rng, read_checkpoint, remove_stale_temporaries, restore_rng,
-                         restore_training_state, save_checkpoint)
+from .checkpoint import (CheckpointError, capture_rng, checkpoint_header, read_checkpoint, remove_stale_temporaries,
+                         restore_rng, restore_training_state, save_checkpoint)
 from .config import config_diff, dump_config, load_config
 from .ema import ModelEMA
 from .evaluate import evaluate
@@ -117,12 +117,47 @@ def _broadcast_state(layer):
         dist.broadcast(t, src=0)
 
 
-def train(cfg: Mapping[str, Any], resume: Optional[str] = None) -> Dict[str, Any]:
-    """Run a whole training as configured; returns the final summary (also written to summary.json)."""
+# what a run writes into train.output; an --overwrite run removes them first so nothing of the old run
+# (its summary, models, curves) stays beside the new one
+RUN_FILES = ("checkpoint_last.safetensors", "checkpoint_epoch*.safetensors", "log.csv", "curves.png", "summary.json",
+             "model_train.*", "model_condensed.*", "config.yaml")
+
+
+def check_output_folder(out: Path, resume: Optional[str], overwrite: bool) -> None:
+    """Refuse to train into a folder that holds a run unless resuming it or told to start over."""
+    existing = out / CHECKPOINT
+    if resume or not existing.exists():
+        return
+    if not overwrite:
+        meta = checkpoint_header(existing)
+        what = f"epoch {meta['epoch']}, step {meta['step']}" if meta else "a checkpoint that is not ours"
+        raise TrainError(f"{out} already holds a run ({CHECKPOINT}: {what}); continue it with --resume, train "
+                         f"elsewhere with -o train.output=OTHER, or start over with --overwrite")
+
+
+def clear_previous_run(out: Path) -> None:
+    import shutil
+
+    for pattern in RUN_FILES:
+        for p in out.glob(pattern):
+            p.unlink()
+    if (out / "vdl").is_dir():
+        shutil.rmtree(out / "vdl")
+
+
+def train(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
+    """Run a whole training as configured; returns the final summary (also written to summary.json).
+
+    A ``train.output`` that already holds a run is refused unless ``resume`` continues it or ``overwrite``
+    starts over (removing the old run's files)."""
     tc, dc, ec, dbg = cfg["train"], cfg["data"], cfg["eval"], cfg["debug"]
+    out = Path(tc["output"])
+    check_output_folder(out, resume, overwrite)
     device, world, rank = setup_device(tc)
     log = _Console(rank == 0)
-    out = Path(tc["output"])
+    if overwrite and not resume and rank == 0 and (out / CHECKPOINT).exists():
+        clear_previous_run(out)
+        log(f"--overwrite: removed the previous run's files from {out}")
     amp = bool(tc["amp"])
     if amp and device != "gpu":
         # Paddle (3.x) autocasts on GPU/XPU only: on CPU auto_cast is a no-op, so the AMP code path (autocast
@@ -413,7 +448,7 @@ def vars_of(res) -> Dict[str, Any]:
     return {"top1": res.top1, "top5": res.top5, "loss": res.loss, "count": res.count, "skipped": len(res.skipped)}
 
 
-def run_from_cli(config: Optional[str], overrides, resume: Optional[str]) -> Dict[str, Any]:
+def run_from_cli(config: Optional[str], overrides, resume: Optional[str], overwrite: bool = False) -> Dict[str, Any]:
     """``tools/train.py``: config file + overrides, or the checkpoint's own config when only resuming."""
     resume_path = None
     base = None
@@ -428,4 +463,4 @@ def run_from_cli(config: Optional[str], overrides, resume: Optional[str]) -> Dic
         if not config:
             base = read_checkpoint(resume_path).meta["config"]
     cfg = load_config(config, overrides, base=base)
-    return train(cfg, resume=str(resume_path) if resume_path else None)
+    return train(cfg, resume=str(resume_path) if resume_path else None, overwrite=overwrite)

@@ -82,6 +82,9 @@ class DenseTrunkNet(nn.Layer):
 
     def set_progress(self, progress: float):
         """Training progress in [0, 1] (epoch fraction); drives the LGC/SFR condensation stages."""
+        progress = float(progress)
+        if not 0.0 <= progress <= 1.0:  # also NaN
+            raise ValueError(f"progress must be in [0, 1], got {progress}")
         for layer in self.learned_layers():
             layer.progress = float(progress)
 

@@ -39,7 +39,7 @@ from paddle import nn
 
 __all__ = ["REGNETY", "CFG_FILES", "RegNetParams", "Stage", "block_widths", "stage_plan", "RegNetY", "build"]
 
-_BN = dict(momentum=0.9, epsilon=1e-3)
+_BN = dict(momentum=0.9, epsilon=1e-5)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 State-dict keys are torchvision's: ``conv1``, ``bn1``, ``layer{1..4}.{i}.conv{1,2,3}`` / ``bn{1,2,3}``,
 ``layer{n}.0.downsample.{0,1}`` (1x1 conv with the block's stride, then BN) and the classifier ``fc``.
-The stride of a bottleneck sits on its 3x3 conv (``conv2``), as in torchvision >= 0.2.
+The stride of a bottleneck sits on its 3x3 conv (``conv2``), as in upstream GFNet and torchvision.
 
 ``forward(x) -> (pooled [B, 2048], layer4 output [B, 2048, h, w])``: the map is ``layer4``'s output (its last
 block already ends in ReLU), the vector its global average; ``fc`` is not applied in ``forward`` (GFNet calls it
