@@ -126,3 +126,22 @@ def test_export_cli_errors(tmp_path, capsys):
     assert "cdnv2_z" in capsys.readouterr().err
     assert export_main(["cdnv2_a", "--weights", str(tmp_path / "missing.pdparams"), "-o", str(tmp_path / "x")]) == 1
     assert "missing.pdparams" in capsys.readouterr().err
+
+
+def test_export_writes_onnx_by_default_and_infer_prefers_it(tmp_path, monkeypatch):
+    """The fastest CPU path is the default: export writes <OUT>.onnx when paddle2onnx is there, and an export
+    prefix runs in onnxruntime when its .onnx sits beside it (Paddle Inference otherwise)."""
+    import ppcdnv2.deploy.cli as dcli
+    from ppcdnv2.deploy import load_predictor
+
+    out = tmp_path / "auto" / "m"
+    assert export_main(["converted_cdnv2_a", "-o", str(out)]) == 0
+    assert out.with_name("m.onnx").is_file() and out.with_name("m.pdiparams").is_file()
+    assert load_predictor(out).name.startswith("onnxruntime")
+    assert load_predictor(out, backend="paddle").name.startswith("paddle-inference")
+    out.with_name("m.onnx").unlink()
+    assert load_predictor(out).name.startswith("paddle-inference")
+    monkeypatch.setattr(dcli, "_paddle2onnx_installed", lambda: False)
+    assert export_main(["converted_cdnv2_a", "-o", str(tmp_path / "no" / "m")]) == 0
+    assert not (tmp_path / "no" / "m.onnx").exists()
+    assert export_main(["converted_cdnv2_a", "-o", str(tmp_path / "x"), "--no-onnx", "--onnx"]) == 2

@@ -136,8 +136,8 @@ def _small(argv):
         return [a for o in extra for a in ("-o", o)]
     if "tools/eval.py" in line:
         return ["-b", "4", "--no-progress"]
-    if "benchmarks/benchmark.py" in line:
-        return ["--models", "a", "--repeats", "1", "--batches", "1"]
+    if "benchmarks/benchmark.py" in line:  # one model, one round, batch 1: the smoke run's size
+        return ["--models", "cdnv2_a", "--rounds", "1", "--threads", "2", "--iters", "2", "--batches", "1"]
     return []
 
 

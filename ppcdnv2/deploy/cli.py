@@ -19,7 +19,7 @@ Export any registered model in its deployment form (condensed for the CondenseNe
   <OUT>.json + <OUT>.pdiparams   Paddle Inference program and weights (dynamic batch and image size;
                                  PIR .json with Paddle 3, .pdmodel with older Paddle)
   <OUT>.meta.json                model name, classes and evaluation preprocessing (read by infer.py)
-  <OUT>.onnx (--onnx)            ONNX via paddle2onnx, traced with ONNX-convertible ops
+  <OUT>.onnx                     ONNX via paddle2onnx (whenever it is installed; --no-onnx skips it)
 Weights: any file the converter reads (ours, official, timm's, ppim's); training-form CondenseNet weights are
 condensed first. --check compares the exported models with the
 Paddle (dygraph) model on a random batch: Paddle Inference to 1e-5, onnxruntime to 1e-4 (max abs logit)."""
@@ -68,11 +68,19 @@ def build_export_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         "without it the model keeps its random initialisation (for trying the pipeline)")
     p.add_argument("--output", "-o", required=True, metavar="OUT", help="output prefix, e.g. exported/cdnv2_c")
     p.add_argument("--onnx", nargs="?", const=True, default=None, metavar="PATH",
-                   help="also write ONNX (default path <OUT>.onnx)")
+                   help="also write ONNX, to <OUT>.onnx or PATH (the default whenever paddle2onnx is installed: "
+                        "onnxruntime is the fastest CPU engine here)")
+    p.add_argument("--no-onnx", action="store_true", help="write the Paddle Inference files only")
     p.add_argument("--opset", type=int, default=13, help="ONNX opset (default 13)")
     p.add_argument("--check", action="store_true", help="compare exported outputs with the dygraph model")
     p.add_argument("--threads", type=int, default=2, help="CPU threads for --check (default 2)")
     return p
+
+
+def _paddle2onnx_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("paddle2onnx") is not None
 
 
 def export_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> int:
@@ -83,7 +91,11 @@ def export_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) ->
                             load_converted_model, set_threads)
 
     out = Path(args.output)
-    onnx_dst = None if not args.onnx else Path(args.output + ".onnx" if args.onnx is True else args.onnx)
+    if args.onnx and args.no_onnx:
+        print(f"{prog}: error: --onnx and --no-onnx contradict each other", file=sys.stderr)
+        return 2
+    want_onnx = args.onnx or (not args.no_onnx and _paddle2onnx_installed())
+    onnx_dst = None if not want_onnx else Path(args.output + ".onnx" if args.onnx in (None, True) else args.onnx)
     stage = None
     try:
         set_threads(args.threads)
@@ -148,8 +160,9 @@ def build_infer_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", required=True, metavar="PATH",
                    help="export prefix (or its .json/.pdmodel/.pdiparams), an .onnx file, or a weights file")
     p.add_argument("--arch", metavar="NAME", help="model name for a weights file (cdnv2_a/b/c, rexnet_100, ...)")
-    p.add_argument("--backend", choices=BACKENDS,
-                   help="default: paddle for exports, onnx for .onnx, dygraph for weights; "
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto (default): onnxruntime for an export with its .onnx beside it (or an .onnx file) when "
+                        "onnxruntime is installed, else Paddle Inference; dygraph for weights; "
                         "onednn = Paddle Inference with oneDNN")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")

@@ -16,7 +16,7 @@ from .export import META_SUFFIX, ExportError, ExportMeta, Preprocess, find_expor
 
 from ..weights import has_gpu as gpu_available, is_weights_file
 
-BACKENDS = ("paddle", "onednn", "onnx", "dygraph")
+BACKENDS = ("auto", "paddle", "onednn", "onnx", "dygraph")
 
 
 def set_threads(n: int) -> None:
@@ -203,17 +203,40 @@ def default_meta(name: str, model) -> ExportMeta:
                       labels="imagenet" if num_classes == 1000 else None)
 
 
+def _onnx_beside(path: Path) -> Optional[Path]:
+    """The ``<prefix>.onnx`` of an export given by its prefix or one of its files, if it exists and onnxruntime
+    can run it."""
+    try:
+        prefix = find_exported(path).model_file.with_suffix("")
+    except ExportError:
+        return None
+    onnx_file = prefix.with_name(prefix.name + ".onnx")
+    if not onnx_file.is_file():
+        return None
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return None
+    return onnx_file
+
+
 def load_predictor(path, model_name: Optional[str] = None, backend: Optional[str] = None,
                    device: str = "cpu", threads: int = 2, workers: int = 1):
-    """A predictor for ``path``; ``backend`` defaults from the file (export → paddle, .onnx → onnx).
+    """A predictor for ``path``. ``backend`` "auto" (default): a weights file runs in dygraph, an ``.onnx`` in
+    onnxruntime, and an export prefix in onnxruntime when its ``<prefix>.onnx`` exists and onnxruntime is
+    installed (the fastest CPU engine here: see the README's benchmark), else in Paddle Inference.
 
     ``workers`` > 1 (Paddle backends) splits batches over that many threads, each with
     ``threads // workers`` math threads (see ``ParallelPredictor``); onnxruntime parallelises its ops itself.
     """
     p = Path(path)
     is_weights = is_weights_file(p)
-    if backend is None:
+    if backend in (None, "auto"):
         backend = "dygraph" if is_weights else "onnx" if p.suffix == ".onnx" else "paddle"
+        if backend == "paddle" and device == "cpu" and workers <= 1:
+            onnx_file = _onnx_beside(p)
+            if onnx_file is not None:
+                backend, p = "onnx", onnx_file
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if is_weights != (backend == "dygraph"):
