@@ -1,5 +1,4 @@
 """tools/eval.py: official .pth converted on the fly, either form, FLOPs, corrupt images."""
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,6 @@ from ppcdnv2.engine.evalrun import run_eval
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-sys.path.insert(0, str(REPO / "tools"))
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +87,9 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(folder, tmp_path):
     over = [f"data.root={root}", "data.num_workers=0"]
     with pytest.raises(DataError, match=r"broken\.jpg: cannot read image"):
         run_eval(str(weights), str(CONFIGS / "cdnv2_a.yaml"), over, progress_bar=False)
-    import eval as eval_tool  # tools/eval.py
+    from ppcdnv2.engine.cli import eval_main  # what tools/eval.py runs
 
-    rc = eval_tool.main(["--weights", str(weights), "-c", str(CONFIGS / "cdnv2_a.yaml"), "-o", over[0], "-o", over[1],
+    rc = eval_main(["--weights", str(weights), "-c", str(CONFIGS / "cdnv2_a.yaml"), "-o", over[0], "-o", over[1],
                          "--skip-bad", "--json", str(tmp_path / "r.json"), "--no-progress"])
     import json
 

@@ -141,15 +141,15 @@ def parse_gfnet_checkpoint(obj: Any, path="checkpoint", *, model_name: Optional[
         raise GFNetCheckpointError(f"{path}: not a GFNet checkpoint: holds a {type(obj).__name__}, not a dict")
     release = any(k in obj for k in _RELEASE_ONLY)
     train = not release and _is_train(obj)
-    if not release and not train:
+    if not release:
         missing = [k for k in STATE_DICT_FIELDS if k not in obj]
         if missing:
             raise GFNetCheckpointError(
                 f"{path}: not a GFNet checkpoint: no field {', '.join(map(repr, missing))} (top-level keys: "
                 f"{', '.join(map(repr, list(obj)[:16]))}); a released file has {', '.join(RELEASE_KEYS)}; "
                 f"a train.py checkpoint has {', '.join(TRAIN_KEYS)}")
-        release = True  # the state dicts without any record: report the release's missing fields
-    required = RELEASE_KEYS if release else ("model_prime_state_dict", "model_state_dict", "fc", "policy")
+        release = not train  # the state dicts without any record: report the release's missing fields
+    required = RELEASE_KEYS if release else STATE_DICT_FIELDS
     missing = [k for k in required if k not in obj]
     if missing:
         kind = "released GFNet checkpoint" if release else "GFNet train.py checkpoint"
