@@ -1,4 +1,4 @@
-"""ppcdnv2: efficient CNNs of the CondenseNet line of work in PaddlePaddle (CondenseNetV2, CondenseNet, ReXNet).
+"""ppcdnv2: efficient CNNs of the CondenseNet line of work in PaddlePaddle (CondenseNetV2, CondenseNet, ReXNet, GFNet).
 
 Models are registered by family (``ppcdnv2.registry``; one package per family under ``ppcdnv2.families``):
 ``list_models()``, ``create_model(name, pretrained=path)``, ``preset(name)``; ``condense(model)`` turns a
@@ -16,7 +16,8 @@ from .families.condensenet import (CondenseNetConfig, CondenseNetV2Config, build
                                    build_condensenetv2)
 from .families.condensenet.v2 import CondenseNetV2  # noqa: E402
 from .condense import condense  # noqa: E402
+from .families import gfnet  # noqa: E402  (ppcdnv2.gfnet: GFNet's budget tools and model classes)
 
 __version__ = "0.1.0"
-__all__ = ["create_model", "list_models", "preset", "families", "get_family", "condense", "CondenseNetV2",
+__all__ = ["create_model", "list_models", "preset", "families", "get_family", "condense", "gfnet", "CondenseNetV2",
            "CondenseNetV2Config", "CondenseNetConfig", "build_condensenetv2", "build_condensenet", "__version__"]

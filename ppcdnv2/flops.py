@@ -49,6 +49,7 @@ class FlopsReport:
     form_pair: bool = True  # whether the family has a condensed form (a second params column)
     published: Optional[Tuple[float, float]] = None  # (M multiply-adds, M params) as published
     published_form: str = "train"  # the form those were counted on
+    executed_title: str = "also executed, not in the published counting (M per image):"
 
     @property
     def mflops(self) -> float:
@@ -76,7 +77,7 @@ class FlopsReport:
         rows.append(f"{'total':<14}{self.flops / 1e6:>12.2f}{self.official_params / 1e6:>12.3f}"
                     + (f"{self.converted_params / 1e6:>12.3f}" if self.form_pair else ""))
         if self.executed:
-            rows.append("also executed, not in the published counting (M per image):")
+            rows.append(self.executed_title)
             for k, v in self.executed.items():
                 rows.append(f"  {k:<28}{v / 1e6:>12.3f}")
         return "\n".join(rows)

@@ -86,6 +86,7 @@ class Family:
     condensable = False  # ppcdnv2.condense turns the training form into the converted form
     progressive = False  # training drives the model with set_progress(step / total)
     lasso = False  # the model has a lasso_loss() for train.lasso
+    exportable = True  # paddle.jit export (Paddle Inference, ONNX) works
     classifier = "classifier"  # state-dict prefix of the classifier (left fresh for new classes)
     # config fields that weights cannot show (e.g. activation choice): taken from a preset, the
     # checkpoint's args or --arch; defaults otherwise, with a note
@@ -149,6 +150,15 @@ class Family:
     def to_paddle_layout(self, model, layout: str) -> Dict[str, np.ndarray]:
         """``model``'s weights in another Paddle ``layout`` (one of ``paddle_layouts``)."""
         raise ValueError(f"{self.title}: no Paddle layout {layout!r}; known: {', '.join(self.paddle_layouts) or 'none'}")
+
+    def unpack_checkpoint(self, obj, where: str):
+        """A checkpoint object this family stores its own way (not one state dict) → ``(state, what, args)``,
+        the state in the torch layout of our module names; None when ``obj`` is not such a checkpoint."""
+        return None
+
+    def official_for_reference(self, state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """The part of an official state the torch reference loads (strictly) for ``--verify``."""
+        return dict(state)
 
     def reference_in_form(self, ref, form: str):
         """The loaded torch reference turned into ``form`` (``--verify`` of a training checkpoint written
@@ -323,7 +333,8 @@ class Family:
             cfg = self._classes_from_weights(cfg, state, layout, form, notes)
         else:
             cfg, label, source = self._decide(state, layout, form, args, notes, where)
-        check_shapes(self.expected_shapes(cfg, form, layout), state, f"{label} ({form} form)", where)
+        what = f"{label} ({form} form)" if len(self.forms) > 1 else label
+        check_shapes(self.expected_shapes(cfg, form, layout), state, what, where)
         return Detection(self, cfg, form, label, source, notes)
 
     def _classes_from_weights(self, cfg, state, layout, form, notes):

@@ -253,11 +253,11 @@ def read_state(path, which: str = "ema") -> Dict[str, np.ndarray]:
     """
     path = local_path(path)
     if is_torch_file(path):
-        from .convert import extract_state_dict
+        from .convert import checkpoint_state
         from .convert.torch_file import load_torch_file
 
         try:
-            state, _ = extract_state_dict(load_torch_file(path), "ema" if which == "ema" else "model", where=str(path))
+            state, _, _ = checkpoint_state(load_torch_file(path), "ema" if which == "ema" else "model", where=str(path))
         except ValueError as e:
             raise WeightsError(str(e)) from None
         return state

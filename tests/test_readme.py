@@ -105,6 +105,14 @@ def _released_condensenet_v1(path: Path):
     torch.save({"state_dict": state}, path, _use_new_zipfile_serialization=False)
 
 
+def _released_gfnet(name: str, path: Path):
+    """A released-format GFNet checkpoint, written by the fixtures' own writer (needs torch)."""
+    script = fixture_path("write_checkpoint.py", "gfnet")
+    p = subprocess.run([sys.executable, str(script), str(fixture_path(f"{name}_s0.json", "gfnet")), str(path)],
+                       capture_output=True, text=True, cwd=script.parent, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     pytest.importorskip("torch")
@@ -115,6 +123,7 @@ def workdir(tmp_path_factory):
     (root / "cdnv2_a_unconverted.pth.tar").symlink_to(fixture_path("cdnv2_a_s0_unconverted.pth.tar"))
     _released_condensenet_v1(root / "converted_condensenet_4.pth.tar")
     (root / "rexnetv1_1.0x.pth").symlink_to(fixture_path("rexnet_1.0x_s0.pth", "rexnet"))
+    _released_gfnet("regnety_600m_p96_t5", root / "gfnet_regnety_600m_p96_t5.pth.tar")
     (root / "rexnet_100_timm.safetensors").symlink_to(fixture_path("timm_rexnet_100_s0.safetensors", "rexnet"))
     from skimage import data as skdata
 

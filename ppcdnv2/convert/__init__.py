@@ -26,6 +26,20 @@ def extract_state_dict(obj: Any, weights: str = "ema", where: str = "checkpoint"
                      f"top-level keys: {sorted(map(str, obj))[:10]})")
 
 
+def checkpoint_state(obj: Any, weights: str = "ema", where: str = "checkpoint"):
+    """``(state, what, args)`` of any torch checkpoint object: a family's own format (a released GFNet file:
+    several state dicts and fields) or one state dict, bare or under a trainer's key (``args``: the
+    trainer's recorded arguments, or None)."""
+    from ..registry import families
+
+    for family in families().values():
+        unpacked = family.unpack_checkpoint(obj, where)
+        if unpacked is not None:
+            return unpacked
+    state, key = extract_state_dict(obj, weights, where)
+    return state, key, obj.get("args") if isinstance(obj, Mapping) else None
+
+
 def official_state_to_model(state: Mapping[str, np.ndarray], model) -> Dict[str, np.ndarray]:
     """An official (torch-layout) state of either form → the Paddle state of ``model`` (condensing if needed).
 
@@ -45,7 +59,7 @@ def load_torch_weights_into(model, path, skip=(), weights: str = "ema"):
     from ..weights import load_state_dict
     from .torch_file import load_torch_file
 
-    state, _ = extract_state_dict(load_torch_file(path), weights, where=str(path))
+    state, _, _ = checkpoint_state(load_torch_file(path), weights, where=str(path))
     return load_state_dict(model, official_state_to_model(state, model), skip=skip, where=str(path))
 
 
@@ -65,5 +79,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["extract_state_dict", "official_state_to_model", "load_torch_weights_into",
+__all__ = ["extract_state_dict", "checkpoint_state", "official_state_to_model", "load_torch_weights_into",
            "torch_to_paddle_state", "paddle_to_torch_state", "strip_prefix", *_LAZY]

@@ -18,7 +18,7 @@ import numpy as np
 from ..registry import Detection, find_family
 from ..weights import (TORCH_SUFFIXES, WeightsError, atomic_write, framework_of, load_state_dict,
                        read_paddle_weights, read_safetensors, read_weights, save_weights, state_dict_numpy)
-from . import extract_state_dict
+from . import checkpoint_state
 from .checks import max_abs_diff
 from .torch_file import load_torch_file
 from .torch_writer import save_torch_file
@@ -94,12 +94,6 @@ def _require_torch():
         raise WeightsError("--verify needs torch (pip install torch); conversion without --verify does not") from None
 
 
-def _checkpoint_args(obj):
-    if isinstance(obj, Mapping):
-        return obj.get("args")
-    return None
-
-
 def check_finite(state: Mapping[str, np.ndarray], where: str) -> None:
     """Refuse weights holding NaN or Inf: a converted model would silently predict garbage."""
     bad = [k for k, v in state.items()
@@ -137,6 +131,7 @@ def reference_logits(detection: Detection, torch_state: Mapping[str, np.ndarray]
 
     ref = detection.family.build_reference(detection.cfg, form)
     own = ref.state_dict()
+    torch_state = detection.family.official_for_reference(torch_state)
     state = {k: torch.from_numpy(np.array(v)) for k, v in torch_state.items()}
     for k in own:  # checkpoints from torch < 0.4.1 have no BatchNorm counters
         if k.endswith("num_batches_tracked") and k not in state:
@@ -217,7 +212,7 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
 
     obj = _read_torch_side(src)
     try:
-        state, key = extract_state_dict(obj, weights, where=str(src))
+        state, key, args = checkpoint_state(obj, weights, where=str(src))
     except ValueError as e:
         raise WeightsError(str(e)) from None
     if not allow_nonfinite:
@@ -230,7 +225,7 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
         state, src_layout = spec.to_official(state)
     except (KeyError, ValueError) as e:
         raise WeightsError(f"{src}: {e.args[0] if e.args else e}") from None
-    det = spec.detect(state, "torch", args=_checkpoint_args(obj), arch=arch, where=str(src))
+    det = spec.detect(state, "torch", args=args, arch=arch, where=str(src))
     det.layout = src_layout
     if weights == "ema" and key in ("state_dict", "model") and det.form == "train":
         det.notes.append(f"no EMA weights in {src.name}; used its {key!r}")
@@ -301,6 +296,8 @@ def export_torch_checkpoint(src, dst, arch: Optional[str] = None, layout: str = 
     if not allow_nonfinite:
         check_finite(state, str(src))
     spec = find_family(state, where=str(src))
+    if not spec.layouts:
+        raise WeightsError(f"{src}: {spec.title} weights are not written back to torch (only read from it)")
     if layout not in spec.layouts:
         raise WeightsError(f"--layout {layout}: {spec.title} is written in the layouts {', '.join(spec.layouts)}")
     state, src_layout = spec.paddle_from_external(state)

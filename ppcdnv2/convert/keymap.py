@@ -66,7 +66,7 @@ def paddle_to_torch_state(state: Mapping[str, np.ndarray], model, dense_sfr_inde
             value = np.ascontiguousarray(value.T)
         elif owner in sfrs and leaf == "index" and dense_sfr_index and value.ndim == 1:
             value = targets_to_dense_index(value, sfrs[owner].out_channels)
-        out[f"{owner}.{leaf}"] = value
+        out[f"{owner}.{leaf}" if owner else leaf] = value
         if owner in bns and leaf == "running_var":
             out[f"{owner}.num_batches_tracked"] = np.zeros((), np.int64)
     return out

@@ -101,6 +101,13 @@ def export_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) ->
         set_threads(args.threads)
         if args.weights is None:
             print(f"{prog}: warning: no --weights, exporting a randomly initialised {args.model}", file=sys.stderr)
+        from ..registry import model_entry
+
+        family = model_entry(args.model).family
+        if not family.exportable:
+            raise ExportError(f"{args.model}: {family.title} crops image patches at positions it computes, which "
+                              f"paddle.jit cannot trace; deploy it as the Paddle model "
+                              f"(ppcdnv2.create_model({args.model!r}, pretrained=...))")
         model = load_converted_model(args.model, args.weights)
         meta = default_meta(args.model, model)
         # everything is written to a staging folder beside OUT and moved into place only when all of it was

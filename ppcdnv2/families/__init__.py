@@ -4,3 +4,4 @@ Adding a family: write ``ppcdnv2/families/<name>/`` and add its import here.
 """
 from . import condensenet  # noqa: F401
 from . import rexnet  # noqa: F401
+from . import gfnet  # noqa: F401

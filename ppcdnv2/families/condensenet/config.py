@@ -5,14 +5,15 @@ converter's architecture detection all read one description of the network.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Mapping, Tuple
+
+from ...configs import ConfigBase
 
 STEMS = ("imagenet", "cifar")
 
 
-class CondenseConfigBase:
+class CondenseConfigBase(ConfigBase):
     """What the CondenseNet families' configs share; each is a frozen dataclass deriving from this.
 
     Subclasses declare ``stages``, ``growth``, ``num_classes`` and ``stem`` among their fields and name
@@ -20,8 +21,6 @@ class CondenseConfigBase:
     come from the dataclass itself: the converter caches templates keyed on configs and compares
     configs with presets.
     """
-
-    family_title: ClassVar[str] = "?"
 
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(int(s) for s in self.stages))
@@ -47,22 +46,6 @@ class CondenseConfigBase:
     def num_features(self) -> int:
         """Channels after the last dense block (input of the head)."""
         return 2 * self.growth[0] + sum(s * g for s, g in zip(self.stages, self.growth))
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["stages"], d["growth"] = list(self.stages), list(self.growth)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown {cls.family_title} config keys: {unknown}; known: {sorted(names)}")
-        return cls(**dict(d))
 
     # --- reading upstream trainers' ``args`` (argparse.Namespace or dict) ---------------------
     @staticmethod

@@ -22,10 +22,11 @@ recurrent classifier (ResNet, DenseNet), ``"backbone"`` = the backbone's classif
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from math import ceil
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, ClassVar, Dict, Optional
+
+from ...configs import ConfigBase
 
 __all__ = ["GFNetConfig", "PRESETS", "INTERPOLATIONS", "STEP0_SOURCES", "CASCADE_MAX_STEPS", "N_BUDGETS"]
 
@@ -36,7 +37,7 @@ N_BUDGETS = 39  # inference.main(): p = 1 .. 39
 
 
 @dataclass(frozen=True)
-class GFNetConfig:
+class GFNetConfig(ConfigBase):
     """Everything that fixes the shapes and the inference arithmetic of one GFNet.
 
     ``fc_hidden`` is the GRU width of the recurrent classifier (upstream ``fc_hidden_dim``); ``None`` for
@@ -62,7 +63,7 @@ class GFNetConfig:
     crop_pct: float = 0.875
     dataset_interpolation: str = "bilinear"
 
-    family_title = "GFNet"  # class attribute (not a field)
+    family_title: ClassVar[str] = "GFNet"
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "T", "image_size", "feature_num", "fmap_channels", "policy_hidden_dim",
@@ -114,32 +115,21 @@ class GFNetConfig:
         return f"{self.backbone}_p{self.patch_size}_t{self.T}"
 
     @property
+    def input_size(self) -> int:
+        """The input side ``W`` (the registry's name for it)."""
+        return self.image_size
+
+    @property
     def resize_size(self) -> int:
         """Evaluation resize (shorter side) before the centre crop, as upstream: ``int(W / crop_pct)``."""
         return int(self.image_size / self.crop_pct)
 
-    # -- dict round trip ---------------------------------------------------------------------------
+    # -- dict round trip (the rest: ConfigBase) ------------------------------------------------------
     def replace(self, **kw: Any) -> "GFNetConfig":
         """A copy with some fields changed (validated like a new config); ``state_dim`` is re-derived
         unless given."""
-        bad = sorted(set(kw) - {f.name for f in dataclasses.fields(self)})
-        if bad:
-            raise ValueError(f"unknown GFNetConfig field(s): {', '.join(bad)}")
         kw.setdefault("state_dim", None)
-        return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Plain dict of the fields (JSON/YAML friendly)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "GFNetConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error rather than silently dropped."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad:
-            raise ValueError(f"unknown GFNetConfig key(s): {', '.join(map(str, bad))}")
-        return cls(**dict(d))
+        return super().replace(**kw)
 
 
 # -- presets ----------------------------------------------------------------------------------------

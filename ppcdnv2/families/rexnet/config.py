@@ -18,10 +18,11 @@ SE); ``fix_head_stem``, ``divisible_value`` and ``kernel_conf`` (lite only).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from math import ceil
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
+from typing import Any, ClassVar, Dict, List, NamedTuple, Optional, Tuple
+
+from ...configs import ConfigBase
 
 __all__ = ["ReXNetConfig", "Block", "ChannelPlan", "channel_plan", "make_divisible", "PRESETS", "ALIASES",
            "VARIANTS"]
@@ -38,7 +39,7 @@ _LITE_HEAD_HIDDEN = 1024
 
 
 @dataclass(frozen=True)
-class ReXNetConfig:
+class ReXNetConfig(ConfigBase):
     """Everything needed to rebuild one upstream ReXNet (either file) with identical shapes.
 
     ``final_ch=None`` means "the upstream default of the variant" (180 for rexnet, 164 for lite) and is
@@ -58,7 +59,7 @@ class ReXNetConfig:
     divisible_value: int = 8
     kernel_conf: str = "333333"
 
-    family_title = "ReXNet"  # class attribute (not a field): shown by registries and reports
+    family_title: ClassVar[str] = "ReXNet"
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -94,26 +95,10 @@ class ReXNetConfig:
         Switching ``variant`` without giving ``final_ch`` carries the new variant's default along when
         the current value is the old variant's default (so rexnet_100 -> lite gives 164, not 180).
         """
-        bad = sorted(set(kw) - {f.name for f in dataclasses.fields(self)})
-        if bad:
-            raise ValueError(f"unknown ReXNetConfig field(s): {', '.join(bad)}")
         if ("variant" in kw and "final_ch" not in kw
                 and self.final_ch == _DEFAULT_FINAL_CH[self.variant]):
             kw["final_ch"] = None
-        return dataclasses.replace(self, **kw)
-
-    def to_dict(self) -> Dict[str, Any]:
-        """Plain dict of the fields (JSON/YAML friendly)."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ReXNetConfig":
-        """Inverse of :meth:`to_dict`; unknown keys are an error rather than silently dropped."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        bad = sorted(set(d) - names)
-        if bad:
-            raise ValueError(f"unknown ReXNetConfig key(s): {', '.join(map(str, bad))}")
-        return cls(**dict(d))
+        return super().replace(**kw)
 
 
 class Block(NamedTuple):

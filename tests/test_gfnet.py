@@ -1,0 +1,152 @@
+"""GFNet end to end, for every released configuration: the official code's per-step outputs from the whole
+Paddle model (both encoders, classifier, policy), the released-format checkpoint through the converter with
+torch unimportable, the stored thresholds kept exactly, early-exit prediction, and the per-step
+multiply-adds of upstream's counter.
+
+The weights are the fixtures' (``rule.py``; BatchNorm statistics from the npz where calibrated), the expected
+outputs are the official code's (``*_io.npz``). ResNet-50 and DenseNet configurations are slow (large).
+"""
+import subprocess
+import sys
+
+import numpy as np
+import paddle
+import pytest
+
+import ppcdnv2
+from conftest import fixture_path
+from gfnet_fixtures import CONFIGS, description, io, weights
+from helpers_convert import run_cli_without_torch
+
+COMPONENTS = ("model_prime_state_dict", "model_state_dict", "fc", "policy")
+LARGE = ("resnet50", "densenet")
+TOL = 1e-4  # of the per-step logit scale (README of the fixtures)
+
+
+def _param(name):
+    return pytest.param(name, marks=pytest.mark.slow) if name.startswith(LARGE) else name
+
+
+QUICK_OR_SLOW = [_param(n) for n in CONFIGS]
+
+
+def _fields(name):
+    return description(name)["checkpoint_fields"]
+
+
+def _thresholds(name):
+    t = _fields(name)["dynamic_threshold"]
+    return np.asarray(t["values"], dtype=t["dtype"]).reshape(t["shape"])
+
+
+def _model_from_fixture(name):
+    model = ppcdnv2.create_model(f"gfnet_{name}")
+    model.load_components(**{k: weights(name, c) for k, c in
+                             zip(("model_prime", "model", "fc", "policy"), COMPONENTS)},
+                          thresholds=_thresholds(name), flops=_fields(name)["flops"])
+    return model.eval()
+
+
+def _check_outputs(model, name):
+    data = io(name)
+    with paddle.no_grad():
+        r = model.glance_and_focus(paddle.to_tensor(data["x"]))
+    logits = r.logits.numpy()
+    assert logits.shape == data["logits"].shape
+    for t in range(logits.shape[0]):
+        scale = float(data["logits"][t].std())
+        diff = float(np.abs(logits[t] - data["logits"][t]).max()) / scale
+        assert diff <= TOL, f"{name} step {t}: max |Δ| / std = {diff:.2e}"
+    np.testing.assert_array_equal(r.coords.numpy(), data["coords"])
+    return r
+
+
+@pytest.mark.parametrize("name", QUICK_OR_SLOW)
+def test_whole_model_reproduces_the_official_steps(name):
+    model = _model_from_fixture(name)
+    _check_outputs(model, name)
+    assert model.thresholds.numpy().tobytes() == _thresholds(name).tobytes()
+
+
+@pytest.mark.parametrize("name", QUICK_OR_SLOW)
+def test_step_macs_equal_upstream_counter(name):
+    from ppcdnv2.families.gfnet import cumulative_macs, step_macs
+
+    cfg = ppcdnv2.preset(f"gfnet_{name}")
+    fields = _fields(name)
+    parts = step_macs(cfg)
+    assert parts["model"] / 1e6 == pytest.approx(fields["model_flops"], abs=1e-6)
+    assert parts["policy"] / 1e6 == pytest.approx(fields["policy_flops"], abs=1e-6)
+    assert parts["fc"] / 1e6 == pytest.approx(fields["fc_flops"], abs=1e-6)
+    assert np.allclose(np.asarray(cumulative_macs(cfg, parts)) / 1e6, fields["flops"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["regnety_600m_p96_t5", "mobilenetv3_large_100_p96_t3"])
+def test_predict_exits_where_the_thresholds_say(name):
+    model = _model_from_fixture(name)
+    data, thresholds, flops = io(name), _thresholds(name), _fields(name)["flops"]
+    softmax = data["softmax"]  # [T, B, C] of the official code
+    for budget in (1, 20, 39):
+        th = thresholds[budget - 1]
+        with paddle.no_grad():
+            res = model.predict(paddle.to_tensor(data["x"]), budget=budget)
+        for i in range(softmax.shape[1]):
+            steps = [t for t in range(len(th)) if softmax[t, i].max() >= th[t]] + [len(th) - 1]
+            t = steps[0]
+            assert int(res.exit_step[i]) == t and int(res.classes[i]) == int(softmax[t, i].argmax())
+            assert float(res.flops[i]) == pytest.approx(flops[t])
+
+
+def _write_released(name, path):
+    script = fixture_path("write_checkpoint.py", "gfnet")
+    p = subprocess.run([sys.executable, str(script), str(fixture_path(f"{name}_s0.json", "gfnet")), str(path)],
+                       capture_output=True, text=True, cwd=script.parent, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "regnety_600m_p96_t5" else n
+                                  for n in CONFIGS])
+def test_released_file_converts_without_torch(name, tmp_path):
+    pytest.importorskip("torch")  # only to write the released-format file
+    src = tmp_path / f"{name}.pth.tar"
+    _write_released(name, src)
+    results = run_cli_without_torch({"convert": [str(src), "gfnet.pdparams"]}, tmp_path)
+    assert results["__env__"] == {"torch_blocked": True, "torch_loaded": False}
+    r = results["convert"]
+    assert r["code"] == 0, r["stderr"]
+    assert f"create_model('gfnet_{name}'" in r["stdout"]
+    src.unlink()  # up to 520 MiB: keep the disk free for the next configuration
+    model = ppcdnv2.create_model(f"gfnet_{name}", pretrained=str(tmp_path / "gfnet.pdparams")).eval()
+    _check_outputs(model, name)
+    assert model.thresholds.numpy().tobytes() == _thresholds(name).tobytes()
+    assert np.array_equal(model.flops.numpy(), np.asarray(_fields(name)["flops"], np.float64))
+
+
+def test_converter_verify_and_errors(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from ppcdnv2.convert.cli import main as convert
+
+    name = "regnety_600m_p96_t5"
+    src = tmp_path / "gf.pth.tar"
+    _write_released(name, src)
+    assert convert([str(src), str(tmp_path / "gf.pdparams"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "verify: max |torch reference - paddle|" in out and "gfnet_regnety_600m_p96_t5" in out
+    assert convert([str(tmp_path / "gf.pdparams"), str(tmp_path / "back.pth")]) == 1  # no export back
+    assert "not written back" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_configuration_is_found_from_the_shapes_alone(name):
+    """Without the file's model_name (a train.py checkpoint read elsewhere), the shapes decide: every one of
+    the 14 configurations is told apart (MobileNetV3 1.00 and 1.25 share the feature width)."""
+    from ppcdnv2.families.gfnet.family import COMPONENTS as PREFIXES
+
+    desc = description(name)
+    state = {}
+    for component, keys in desc["state_dicts"].items():
+        for key, shape, _, _ in keys:
+            key = key[len("module."):] if key.startswith("module.") else key
+            state[f"{PREFIXES[component]}.{key}"] = np.broadcast_to(np.float32(0), shape)  # shapes only
+    cfg, hidden = ppcdnv2.get_family("gfnet").infer_config(state, "torch", "train")
+    assert cfg == ppcdnv2.preset(f"gfnet_{name}") and hidden == []
