@@ -1,15 +1,32 @@
-"""The notebooks under ``notebooks/`` run top to bottom, and the committed files carry no outputs.
+"""The notebooks under ``notebooks/`` run top to bottom, and the committed files carry the outputs of such a run.
 
 Each notebook is executed with nbclient in a fresh kernel of *this* Python (a kernel spec written for
-``sys.executable``, whatever ``jupyter kernelspec list`` says ``python3`` is), from the notebooks'
-folder, in small mode (``PPCDNV2_NOTEBOOK_SMALL=1``), without installing anything
-(``PPCDNV2_NOTEBOOK_SKIP_INSTALL=1``) and with the official-format fixture as the checkpoint
-(``PPCDNV2_CHECKPOINT``). Any cell error fails the test with the cell and its traceback. A copy of the
-quickstart with a deliberately broken cell shows that the runner does fail.
+``sys.executable``, whatever ``jupyter kernelspec list`` says ``python3`` is), from the notebooks' folder, in
+small mode (``PPCDNV2_NOTEBOOK_SMALL=1``) and without installing anything (``PPCDNV2_NOTEBOOK_SKIP_INSTALL=1``).
+A notebook that reads checkpoints (it mentions ``PPCDNV2_CHECKPOINT``) runs three times:
+
+* ``fixtures``: the official-format fixtures are its checkpoints (``PPCDNV2_CHECKPOINT``,
+  ``PPCDNV2_REXNET_CHECKPOINT``);
+* ``fresh``: a fresh machine where nothing was downloaded (both variables point at files that do not exist), so
+  the notebook writes and converts its random-weights stand-ins with PyTorch;
+* ``minimal``: the same on a machine with the requirements only (PyTorch, paddle2onnx and onnxruntime fail to
+  import), where the notebook skips what needs a checkpoint and still runs the rest.
+
+Any cell error fails the test with the cell and its traceback. The runs work on in-memory copies with the
+outputs cleared: the committed files are never written. A copy of the quickstart with a deliberately broken
+cell shows that the runner does fail.
+
+The committed notebooks carry the outputs of a ``fresh`` run in small mode, which a reader sees on GitHub or AI
+Studio; write them again with ``python tests/test_notebooks.py --write`` from the repository root.
 """
+import copy
+import hashlib
 import json
 import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -24,16 +41,36 @@ pytestmark = pytest.mark.slow  # training runs, subprocesses: outside the quick 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-CHECKPOINT = (REPO / ".." / "shared" / "fixtures" / "official" / "cdnv2_a_s0_converted.pth.tar").resolve()
+FIXTURES = REPO / ".." / "shared" / "fixtures"
+# environment variable -> (the fixture CI converts, the file a fresh machine lacks in notebooks/)
+CHECKPOINTS = {
+    "PPCDNV2_CHECKPOINT": ((FIXTURES / "official" / "cdnv2_a_s0_converted.pth.tar").resolve(),
+                           "work/cdnv2_a_converted.pth.tar"),
+    "PPCDNV2_REXNET_CHECKPOINT": ((FIXTURES / "rexnet" / "rexnet_1.0x_s0.pth").resolve(), "work/rexnetv1_1.0x.pth"),
+}
 KERNEL_NAME = "python3"
+KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": KERNEL_NAME}
 CELL_TIMEOUT = 900  # seconds per cell; the slowest (a short training, an ONNX export) takes well under a minute
+VERIFIED = "verify: max |torch reference - paddle|"  # the converter's parity line (verify=True)
 
 
-def checkpoint_fixture() -> Path:
-    if not CHECKPOINT.is_file():  # CI always has it: a missing fixture is an error, not a skip
-        pytest.fail(f"official-format fixture not found: {CHECKPOINT} (the notebooks convert it; "
-                    f"expected in ../shared/fixtures/official/ beside the repository)")
-    return CHECKPOINT
+def reads_checkpoints(path: Path) -> bool:
+    return "PPCDNV2_CHECKPOINT" in path.read_text()
+
+
+RUNS = [pytest.param(p, mode, id=f"{p.name}-{mode}")
+        for p in NOTEBOOKS
+        for mode in (("fixtures", "fresh", "minimal") if reads_checkpoints(p) else ("plain",))]
+
+
+def fixture_env() -> dict:
+    env = {}
+    for var, (fixture, _) in CHECKPOINTS.items():
+        if not fixture.is_file():  # CI always has them: a missing fixture is an error, not a skip
+            pytest.fail(f"fixture not found: {fixture} (the quickstart converts it; expected in "
+                        f"../shared/fixtures/ beside the repository)")
+        env[var] = str(fixture)
+    return env
 
 
 def kernel_manager(spec_root: Path) -> AsyncKernelManager:
@@ -49,33 +86,103 @@ def kernel_manager(spec_root: Path) -> AsyncKernelManager:
     return km
 
 
-def run_notebook(nb, spec_root: Path):
-    """Execute ``nb`` in place like CI does; raises ``CellExecutionError`` naming the first failing cell."""
-    env = dict(os.environ, PPCDNV2_NOTEBOOK_SMALL="1", PPCDNV2_NOTEBOOK_SKIP_INSTALL="1",
-               PPCDNV2_CHECKPOINT=str(checkpoint_fixture()), PYDEVD_DISABLE_FILE_VALIDATION="1")
-    client = NotebookClient(nb, km=kernel_manager(spec_root), kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT,
-                            allow_errors=False, record_timing=True,
+def clear_outputs(nb):
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("execution", None)
+    return nb
+
+
+OPTIONAL = ("torch", "paddle2onnx", "onnxruntime")  # not in requirements.txt: a fresh AI Studio machine lacks them
+
+
+def hide_packages(root: Path, names=OPTIONAL) -> str:
+    """A folder to put first on ``PYTHONPATH`` where each of ``names`` fails to import as a missing package does."""
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "__init__.py").write_text(f'raise ModuleNotFoundError("No module named {name!r} (hidden by '
+                                                 f'tests/test_notebooks.py)", name={name!r})\n')
+    return str(root)
+
+
+def run_notebook(nb, spec_root: Path, checkpoints: dict = None, minimal: bool = False):
+    """Execute ``nb`` in place like CI does, outputs cleared first; raises ``CellExecutionError`` naming the
+    first failing cell. ``checkpoints``: the ``PPCDNV2_*CHECKPOINT`` variables to set (the others are unset);
+    ``minimal``: the optional packages (``OPTIONAL``) fail to import in the kernel and its children."""
+    env = {k: v for k, v in os.environ.items() if k not in CHECKPOINTS}
+    env.update(checkpoints or {}, PPCDNV2_NOTEBOOK_SMALL="1", PPCDNV2_NOTEBOOK_SKIP_INSTALL="1",
+               PYDEVD_DISABLE_FILE_VALIDATION="1")
+    if minimal:
+        env["PYTHONPATH"] = os.pathsep.join([hide_packages(spec_root / "hidden")] +
+                                            ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    client = NotebookClient(clear_outputs(nb), km=kernel_manager(spec_root), kernel_name=KERNEL_NAME,
+                            timeout=CELL_TIMEOUT, allow_errors=False, record_timing=True,
                             resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
     return client.execute(env=env)
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def text_of(nb) -> str:
+    """All stream and text/plain output of ``nb``."""
+    parts = []
+    for c in code_cells(nb):
+        for o in c.outputs:
+            parts.append(o.get("text", "") if o.output_type == "stream" else o.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def have_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def test_notebooks_found():
     assert NOTEBOOKS, f"no notebooks under {NOTEBOOK_DIR}"
     assert NOTEBOOK_DIR / "quickstart.ipynb" in NOTEBOOKS
+    assert any(p.name == "quickstart.ipynb" and mode == "fresh" for p, mode in (r.values for r in RUNS))
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
+@pytest.mark.parametrize("path, mode", RUNS)
+def test_notebook_runs(path, mode, tmp_path):
+    before = hashlib.sha256(path.read_bytes()).hexdigest()
     nb = nbformat.read(path, as_version=4)
+    if mode == "fixtures":
+        checkpoints = fixture_env()
+    elif mode in ("fresh", "minimal"):  # nothing downloaded: point where no file is (work/ may hold real ones)
+        checkpoints = {var: str(tmp_path / "not-downloaded" / Path(default).name)
+                       for var, (_, default) in CHECKPOINTS.items()}
+    else:
+        checkpoints = None
     failure = None
     try:
-        run_notebook(nb, tmp_path)
+        run_notebook(nb, tmp_path / "kernels", checkpoints, minimal=mode == "minimal")
     except CellExecutionError as e:
-        failure = f"{path.name}: {e}"
+        failure = f"{path.name} ({mode}): {e}"
     if failure:  # the failing cell and its traceback, without nbclient's internals
         pytest.fail(failure, pytrace=False)
-    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == before, f"running {path.name} changed the committed file"
+    code = code_cells(nb)
     assert code and all(c.execution_count is not None for c in code), "not every code cell ran"
+    assert not [o for c in code for o in c.outputs if o.output_type == "error"]
+    text = text_of(nb)
+    if mode == "fixtures":
+        assert "RANDOM" not in text and "not found" not in text, "the fixtures were not used"
+    elif mode == "fresh":
+        for stand_in in ("random_cdnv2_a_converted.pth.tar", "random_rexnetv1_1.0x.pth"):
+            assert f"Wrote work/{stand_in} instead" in text, f"no random-weights stand-in {stand_in} written"
+    elif mode == "minimal":
+        assert "torch not installed" in text and text.count("PyTorch is not installed, so no stand-in") == 2
+        assert "Wrote work/random" not in text and VERIFIED not in text
+        assert "ONNX export skipped" in text
+        assert "curves.png" in "".join(c.source for c in code) and any(
+            "image/png" in o.get("data", {}) for c in code for o in c.outputs), "the training part did not run"
+    if mode in ("fixtures", "fresh") and have_torch():  # both conversions verified against the torch references
+        assert text.count(VERIFIED) == 2, text
 
 
 def test_runner_fails_on_a_broken_cell(tmp_path):
@@ -88,15 +195,81 @@ def test_runner_fails_on_a_broken_cell(tmp_path):
     assert err.ename == "RuntimeError" and err.evalue == "deliberately broken"
     assert 'raise RuntimeError("deliberately broken")' in str(err)
     later = [c for c in nb.cells[first_code + 2:] if c.cell_type == "code"]
-    assert later and all(c.execution_count is None for c in later), "cells after the error must not run"
+    assert later and all(c.execution_count is None and not c.outputs for c in later), \
+        "cells after the error must not run"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
-def test_notebook_committed_without_outputs(path):
+def test_notebook_committed_with_outputs(path):
+    """Committed as run top to bottom: counts 1, 2, 3, ... in order, no errors, the training curves shown."""
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
+    assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL_NAME
+    code = code_cells(nb)
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), (f"{path.name}: execution counts {counts}; run it top to "
+                                                    f"bottom in one kernel: python tests/test_notebooks.py --write")
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "code":
-            assert cell.outputs == [] and cell.execution_count is None, \
-                f"{path.name}: code cell {i} has outputs or an execution count; strip them before committing"
-    assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL_NAME
+            errors = [o for o in cell.outputs if o.output_type == "error"]
+            assert not errors, f"{path.name}: cell {i} was committed with an error: {errors[0].get('ename')}"
+    images = [o for c in code for o in c.outputs
+              if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})]
+    assert images, f"{path.name}: no image output (the training curves)"
+    assert "curves.png" in "".join(c.source for c in code)
+
+
+# --- writing the committed outputs -------------------------------------------------------------------------
+GLOG_INFO = re.compile(r"^I\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ \S+:\d+\] ")  # Paddle's native info lines
+
+
+def tidy_outputs(nb):
+    """Drop Paddle's native info lines (timestamps, process ids) from stderr; merge consecutive stream pieces."""
+    for cell in code_cells(nb):
+        outputs = []
+        for o in cell.outputs:
+            if o.output_type == "stream":
+                if o.name == "stderr":
+                    o.text = "".join(line for line in o.text.splitlines(True) if not GLOG_INFO.match(line))
+                    if not o.text:
+                        continue
+                if outputs and outputs[-1].output_type == "stream" and outputs[-1].name == o.name:
+                    outputs[-1].text += o.text
+                    continue
+            outputs.append(o)
+        cell.outputs = outputs
+        cell.metadata.pop("execution", None)
+    return nb
+
+
+def write_outputs(paths) -> None:
+    """Run each notebook as on a fresh machine in small mode and save it with its outputs: no checkpoint
+    variables, an empty ``notebooks/work/`` (removed first; refused while it holds checkpoints at the default
+    paths), timings and kernel details left out."""
+    present = [d for _, d in CHECKPOINTS.values() if (NOTEBOOK_DIR / d).exists()]
+    if present:
+        sys.exit(f"notebooks/{', notebooks/'.join(present)} exist: the saved outputs must show the fresh-machine "
+                 f"path (random-weights stand-ins); move them away first")
+    shutil.rmtree(NOTEBOOK_DIR / "work", ignore_errors=True)
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        metadata = copy.deepcopy(nb.metadata)
+        with tempfile.TemporaryDirectory() as tmp:
+            run_notebook(nb, Path(tmp))
+        tidy_outputs(nb)
+        metadata["kernelspec"] = dict(KERNELSPEC)
+        nb.metadata = metadata
+        nbformat.validate(nb)
+        nbformat.write(nb, path)
+        print(f"wrote {path.relative_to(REPO)}: {len(code_cells(nb))} code cells")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the notebooks in small mode as on a fresh machine and "
+                                                 "save them with their outputs (what is committed).")
+    parser.add_argument("--write", action="store_true", required=True, help="overwrite the notebooks")
+    parser.add_argument("names", nargs="*", help="notebook file names (default: all)")
+    args = parser.parse_args()
+    write_outputs([NOTEBOOK_DIR / n for n in args.names] if args.names else NOTEBOOKS)
