@@ -137,3 +137,27 @@ def test_topk_ranks_by_logits_when_probabilities_underflow():
     (top,) = topk(logits, k=5)
     assert [i for i, _, _ in top] == [4, 0, 1, 2, 3]
     assert top[0][2] == pytest.approx(1.0) and top[2][2] == 0.0
+
+
+def test_infer_image_backend_option_and_meta_field(tmp_path, capsys):
+    """--image-backend cv2 classifies with OpenCV preprocessing; an export's .meta.json records a backend."""
+    pytest.importorskip("cv2")
+    from PIL import Image
+    from skimage import data as skdata
+
+    import ppcdnv2
+    from ppcdnv2.deploy import ExportMeta, Preprocess, export_inference
+    from ppcdnv2.deploy.cli import infer_main
+
+    img = tmp_path / "cat.jpg"
+    Image.fromarray(skdata.chelsea()).save(img)
+    model = ppcdnv2.create_model("rexnet_090").eval()
+    meta = ExportMeta(model="rexnet_090", num_classes=1000, preprocess=Preprocess(backend="cv2"))
+    files = export_inference(model, tmp_path / "m", meta)
+    assert ExportMeta.load(files.meta_file).preprocess.backend == "cv2"
+    capsys.readouterr()
+    for backend in ("pil", "cv2"):
+        assert infer_main(["-m", str(files.prefix), str(img), "--json", "-k", "1", "--backend", "paddle",
+                           "--image-backend", backend]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all(json.loads(line)["top"] for line in lines)

@@ -4,13 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from .datasets import CIFAR, DataError, Digits, ImageFolder, Subset, digits_images, digits_split
+from .datasets import CIFAR, DataError, DataWarning, Digits, ImageFolder, Subset, digits_images, digits_split
+from .decode import BACKENDS, read_image
 from .sampler import EvalBatchSampler, TrainBatchSampler
 from .transforms import ArrayEvalTransform, ArrayTrainTransform, EvalTransform, TrainTransform
 
-__all__ = ["CIFAR", "DataError", "Digits", "ImageFolder", "Subset", "EvalBatchSampler", "TrainBatchSampler",
-           "EvalTransform", "TrainTransform", "ArrayEvalTransform", "ArrayTrainTransform", "build_dataset",
-           "build_loader", "digits_images", "digits_split"]
+__all__ = ["CIFAR", "DataError", "DataWarning", "Digits", "ImageFolder", "Subset", "EvalBatchSampler",
+           "TrainBatchSampler", "EvalTransform", "TrainTransform", "ArrayEvalTransform", "ArrayTrainTransform",
+           "build_dataset", "build_loader", "digits_images", "digits_split", "BACKENDS", "read_image"]
 
 
 def build_dataset(data_cfg: Mapping[str, Any], train: bool, seed: int = 0, classes=None):
@@ -18,6 +19,7 @@ def build_dataset(data_cfg: Mapping[str, Any], train: bool, seed: int = 0, class
     name = data_cfg["dataset"]
     mean, std = data_cfg["mean"], data_cfg["std"]
     limit = data_cfg["limit_train"] if train else data_cfg["limit_val"]
+    backend = data_cfg.get("backend") or "pil"  # decoding, resizing, augmentation: pil | cv2
     if name == "imagenet":
         root = data_cfg["root"]
         if not root:
@@ -27,10 +29,12 @@ def build_dataset(data_cfg: Mapping[str, Any], train: bool, seed: int = 0, class
         if train:
             tf = TrainTransform(data_cfg["image_size"], data_cfg["scale"], data_cfg["ratio"],
                                 data_cfg["train_interpolation"], data_cfg["hflip"], data_cfg["color_jitter"],
-                                data_cfg["auto_augment"], data_cfg["reprob"], mean, std)
+                                data_cfg["auto_augment"], data_cfg["reprob"], mean, std, backend=backend)
         else:
-            tf = EvalTransform(data_cfg["resize"], data_cfg["image_size"], data_cfg["interpolation"], mean, std)
-        ds = ImageFolder(Path(root) / split if split else Path(root), tf, classes=classes, seed=seed, skip_bad=data_cfg["skip_bad"])
+            tf = EvalTransform(data_cfg["resize"], data_cfg["image_size"], data_cfg["interpolation"], mean, std,
+                               backend=backend)
+        ds = ImageFolder(Path(root) / split if split else Path(root), tf, classes=classes, seed=seed,
+                         skip_bad=data_cfg["skip_bad"], backend=backend)
     elif name in ("cifar10", "cifar100", "digits"):
         if train:
             tf = ArrayTrainTransform(data_cfg["pad_crop"], data_cfg["hflip"], mean, std, data_cfg["reprob"])
@@ -77,6 +81,14 @@ def build_loader(dataset, batch_sampler, num_workers: int = 0):
     return WorkerLoader(dataset, batch_sampler, num_workers)
 
 
+def _one_cv2_thread(worker_id: int) -> None:
+    """In a loader worker of the cv2 backend: OpenCV sequential (the workers are the parallelism; a thread
+    pool per worker would oversubscribe the cores)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 class WorkerLoader:
     """Paddle's multi-process ``DataLoader``, with a worker's read error re-raised here naming the file.
 
@@ -90,8 +102,9 @@ class WorkerLoader:
         base = getattr(dataset, "base", dataset)
         base.defer_errors = True
         self.dataset = dataset
+        init = _one_cv2_thread if getattr(base, "backend", "pil") == "cv2" else None
         self.loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, return_list=True,
-                                 use_shared_memory=True)
+                                 use_shared_memory=True, worker_init_fn=init)
 
     def __len__(self):
         return len(self.loader)

@@ -6,11 +6,17 @@ for with the key ``(index, epoch)``; the augmentation generator is seeded from
 workers or devices and is reproduced exactly when a run resumes.
 
 With ``skip_bad`` an unreadable image comes back as zeros with label -1 (the evaluation counts and
-names it) instead of raising ``DataError`` with its path.
+names it) instead of raising ``DataError`` with its path; a class folder without images, which would
+otherwise train a class that never occurs, raises ``DataError`` naming the folder, or with ``skip_bad``
+warns (``DataWarning``, naming it) and keeps the class, with no samples.
+
+``ImageFolder`` decodes with PIL or OpenCV (``backend``, ``data.backend``; see ``ppcdnv2.data.decode``,
+which also scales 16-bit and float images to 8 bits).
 """
 from __future__ import annotations
 
 import pickle
+import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -21,6 +27,10 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 class DataError(ValueError):
     """A dataset that cannot be read; the message names the file or folder."""
+
+
+class DataWarning(UserWarning):
+    """A problem in a dataset that ``skip_bad`` lets pass (e.g. an empty class folder); it names the folder."""
 
 
 BAD, FAILED = -1, -2  # labels of an unreadable sample: skipped (``skip_bad``), or an error to raise
@@ -110,8 +120,12 @@ class ImageFolder(_Base):
     """``root/<class>/<image>``; classes are the sorted sub-folder names (torchvision's ImageFolder order)."""
 
     def __init__(self, root, transform, classes: Optional[Sequence[str]] = None, seed: int = 0,
-                 skip_bad: bool = False):
+                 skip_bad: bool = False, backend: Optional[str] = None):
+        from .decode import check_backend
+
         super().__init__(transform, seed, skip_bad)
+        # decoding backend: given, else the transform's (EvalTransform/TrainTransform ``backend``), else PIL
+        self.backend = check_backend(backend or getattr(transform, "backend", None) or "pil")
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: image folder not found (expected <root>/<class>/<image> files)")
@@ -123,28 +137,40 @@ class ImageFolder(_Base):
         unknown = sorted(set(found) - set(index))
         if unknown:
             raise DataError(f"{self.root}: class folders {unknown[:5]} are not among the training classes")
-        paths, labels = [], []
+        paths, labels, empty = [], [], []
         for c in found:
+            n = len(paths)
             for p in sorted((self.root / c).rglob("*")):
                 if p.suffix.lower() in IMG_EXTENSIONS and p.is_file():
                     paths.append(p)
                     labels.append(index[c])
+            if len(paths) == n:
+                empty.append(self.root / c)
         if not paths:
             raise DataError(f"{self.root}: no images with extensions {IMG_EXTENSIONS}")
+        # a class without samples would be trained (or evaluated) as a class that never occurs
+        if empty and not skip_bad:
+            more = (f" (also empty: {', '.join(f.name for f in empty[1:6])}{' ...' if len(empty) > 6 else ''})"
+                    if len(empty) > 1 else "")
+            raise DataError(f"{empty[0]}: class folder {empty[0].name!r} holds no images (extensions "
+                            f"{', '.join(IMG_EXTENSIONS)}){more}; add images, remove the folder, or set "
+                            f"data.skip_bad=true to keep the class without samples")
+        for folder in empty:
+            warnings.warn(f"{folder}: class folder {folder.name!r} holds no images; kept as class "
+                          f"{index[folder.name]} without samples (data.skip_bad)", DataWarning, stacklevel=2)
         self.paths, self.labels = paths, np.asarray(labels, np.int64)
 
     def describe(self, index):
         return str(self.paths[index])
 
     def _load(self, index):
-        from PIL import Image
+        """The image as 8-bit RGB: a PIL image (``pil``) or an HWC uint8 array (``cv2``)."""
+        from .decode import ImageReadError, read_image
 
-        path = self.paths[index]
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except Exception as e:  # truncated, not an image, unreadable
-            raise DataError(f"{path}: cannot read image ({type(e).__name__}: {e})") from None
+            return read_image(self.paths[index], self.backend)
+        except ImageReadError as e:  # truncated, not an image, unreadable
+            raise DataError(str(e)) from None
 
 
 from ..weights import _NUMPY_GLOBALS as _ARRAY_GLOBALS  # numpy arrays (and dicts), nothing else

@@ -9,6 +9,25 @@ tensors are equal to torchvision's, not merely close.
 Training randomness comes from a ``numpy.random.Generator`` passed in per sample (see
 ``ppcdnv2.data.datasets``), never from global state, so augmentation is reproducible for any
 number of loader workers or devices and after ``--resume``.
+
+Two backends (``data.backend``), chosen per transform with ``backend=``: ``pil`` (default; the images
+are PIL images and every step is the PIL call above) and ``cv2`` (HWC uint8 RGB arrays, resized with
+``cv2.resize`` ``INTER_CUBIC`` / ``INTER_LINEAR``, the augmentations re-done with numpy/OpenCV in
+``ppcdnv2.data.autoaugment``). Both give the same output sizes (the shorter-side rule, the crop offsets
+and the random crop boxes are computed by the same code) and draw the same random numbers in the same
+order, so a seed picks the same crops, flips and RandAugment operations in both. The pixels differ:
+PIL's bicubic is Keys' kernel with a = -0.5 and, when shrinking, widened by the scale factor (an
+antialiasing filter); OpenCV's is a = -0.75 on a fixed 4x4 support, and neither of its filters
+antialiases, so shrinking a large photo aliases. Measured on scikit-image's astronaut, chelsea, coffee
+and rocket (shorter side 256, center crop 224; ``tests/test_data_cv2.py``, ``benchmarks/preprocess.py``):
+mean |PIL - cv2| per photo 0.017-0.042 in normalised units for bicubic (0.025 averaged; about 1.5 grey
+levels), 0.014-0.034 for bilinear; single values up to 1.5 (≈ 85 grey levels) on sharp edges; the more
+a photo is shrunk (astronaut: 512 → 256), the larger the difference. ``cv2.INTER_AREA`` would be closer
+to PIL when shrinking (0.006-0.018) but is not the interpolation the recipe names. The official
+evaluation uses PIL, so the ``pil`` backend is the one that reproduces published accuracies.
+
+A transform accepts either a PIL image (any mode) or an array (any depth; see
+``ppcdnv2.data.decode``) and converts it to its backend's form.
 """
 from __future__ import annotations
 
@@ -19,8 +38,10 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from ..registry import IMAGENET_MEAN, IMAGENET_STD
+from .decode import as_rgb_array, as_rgb_pil, check_backend, import_cv2
 
 INTERPOLATIONS = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
+CV2_INTERPOLATIONS = {"bilinear": "INTER_LINEAR", "bicubic": "INTER_CUBIC", "nearest": "INTER_NEAREST_EXACT"}
 
 
 def _interp(name):
@@ -30,20 +51,46 @@ def _interp(name):
         raise ValueError(f"unknown interpolation {name!r}; expected one of {sorted(INTERPOLATIONS)}") from None
 
 
-def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:
+def _cv2_interp(name):
+    _interp(name)
+    return getattr(import_cv2(), CV2_INTERPOLATIONS[name])
+
+
+def _size(img):
+    """(width, height) of a PIL image or an HWC array."""
+    return (img.shape[1], img.shape[0]) if isinstance(img, np.ndarray) else img.size
+
+
+def shorter_side_size(w: int, h: int, size: int):
     """Shorter side to ``size``, aspect kept, longer side ``int(size * long / short)`` (torchvision's rule)."""
-    w, h = img.size
     if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
+        return size, int(size * h / w)
+    return int(size * w / h), size
+
+
+def resize_shorter(img, size: int, interpolation: str = "bilinear"):
+    """A PIL image (resized by PIL) or an HWC array (by ``cv2.resize``) with its shorter side ``size``."""
+    w, h = _size(img)
+    new_w, new_h = shorter_side_size(w, h, size)
     if (new_w, new_h) == (w, h):
         return img
+    if isinstance(img, np.ndarray):
+        return import_cv2().resize(img, (new_w, new_h), interpolation=_cv2_interp(interpolation))
     return img.resize((new_w, new_h), _interp(interpolation))
 
 
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    w, h = img.size
+def center_crop(img, size: int):
+    """Center ``size`` x ``size`` crop (offsets rounded as torchvision's), padding with black if smaller."""
+    w, h = _size(img)
+    if isinstance(img, np.ndarray):
+        if w < size or h < size:
+            canvas = np.zeros((max(h, size), max(w, size)) + img.shape[2:], img.dtype)
+            top, left = (max(h, size) - h) // 2, (max(w, size) - w) // 2
+            canvas[top:top + h, left:left + w] = img
+            img, (w, h) = canvas, (canvas.shape[1], canvas.shape[0])
+        top = int(round((h - size) / 2.0))
+        left = int(round((w - size) / 2.0))
+        return img[top:top + size, left:left + size]
     if w < size or h < size:  # pad with black like torchvision, then crop
         canvas = Image.new(img.mode, (max(w, size), max(h, size)))
         canvas.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
@@ -64,16 +111,25 @@ def to_chw_float(img, mean: Sequence[float], std: Sequence[float]) -> np.ndarray
     return (x - m) / s
 
 
+def _as_backend(img, backend: str):
+    return as_rgb_array(img) if backend == "cv2" else as_rgb_pil(img)
+
+
 class EvalTransform:
-    """Official evaluation preprocessing: resize shorter side, center crop, [0, 1], normalise."""
+    """Official evaluation preprocessing: resize shorter side, center crop, [0, 1], normalise.
+
+    ``backend="pil"`` (default) is the official pipeline exactly; ``"cv2"`` does the same steps with OpenCV.
+    """
 
     def __init__(self, resize: int = 256, crop: int = 224, interpolation: str = "bicubic",
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, backend: str = "pil"):
         _interp(interpolation)
         self.resize, self.crop, self.interpolation = resize, crop, interpolation
         self.mean, self.std = tuple(mean), tuple(std)
+        self.backend = check_backend(backend)
 
-    def __call__(self, img: Image.Image, rng=None) -> np.ndarray:
+    def __call__(self, img, rng=None) -> np.ndarray:
+        img = _as_backend(img, self.backend)
         img = center_crop(resize_shorter(img, self.resize, self.interpolation), self.crop)
         return to_chw_float(img, self.mean, self.std)
 
@@ -100,10 +156,17 @@ def random_resized_crop_box(w: int, h: int, rng: np.random.Generator, scale=(0.0
     return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
-def _color_jitter(img: Image.Image, strength: float, rng: np.random.Generator) -> Image.Image:
-    ops = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
+def _color_jitter(img, strength: float, rng: np.random.Generator):
+    """Brightness, contrast and saturation in random order, factors uniform in [1 - s, 1 + s] (PIL or array)."""
+    from .autoaugment import enhance_array
+
+    ops = ["Brightness", "Contrast", "Color"]
     for i in rng.permutation(len(ops)):
-        img = ops[i](img).enhance(float(rng.uniform(max(0.0, 1 - strength), 1 + strength)))
+        factor = float(rng.uniform(max(0.0, 1 - strength), 1 + strength))
+        if isinstance(img, np.ndarray):
+            img = enhance_array(ops[i], img, factor)
+        else:
+            img = getattr(ImageEnhance, ops[i])(img).enhance(factor)
     return img
 
 
@@ -132,7 +195,7 @@ class TrainTransform:
 
     def __init__(self, size: int = 224, scale=(0.08, 1.0), ratio=(0.75, 4 / 3), interpolation: str = "random",
                  hflip: float = 0.5, color_jitter: float = 0.0, auto_augment: Optional[str] = None,
-                 reprob: float = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 reprob: float = 0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD, backend: str = "pil"):
         from .autoaugment import RandAugment
 
         if interpolation != "random":
@@ -141,15 +204,26 @@ class TrainTransform:
         self.interpolation, self.hflip, self.color_jitter = interpolation, hflip, color_jitter
         self.rand_augment = RandAugment.from_string(auto_augment, mean) if auto_augment else None
         self.reprob, self.mean, self.std = reprob, tuple(mean), tuple(std)
+        self.backend = check_backend(backend)
 
-    def __call__(self, img: Image.Image, rng: np.random.Generator) -> np.ndarray:
-        left, top, cw, ch = random_resized_crop_box(img.size[0], img.size[1], rng, self.scale, self.ratio)
+    def __call__(self, img, rng: np.random.Generator) -> np.ndarray:
+        img = _as_backend(img, self.backend)
+        w, h = _size(img)
+        left, top, cw, ch = random_resized_crop_box(w, h, rng, self.scale, self.ratio)
         interp = self.interpolation
         if interp == "random":
             interp = ("bilinear", "bicubic")[int(rng.integers(0, 2))]
-        img = img.resize((self.size, self.size), _interp(interp), box=(left, top, left + cw, top + ch))
-        if self.hflip > 0 and rng.random() < self.hflip:
-            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        flip = self.hflip > 0 and rng.random() < self.hflip
+        if self.backend == "cv2":
+            cv2 = import_cv2()
+            img = cv2.resize(img[top:top + ch, left:left + cw], (self.size, self.size),
+                             interpolation=_cv2_interp(interp))
+            if flip:
+                img = cv2.flip(img, 1)
+        else:
+            img = img.resize((self.size, self.size), _interp(interp), box=(left, top, left + cw, top + ch))
+            if flip:
+                img = img.transpose(Image.FLIP_LEFT_RIGHT)
         if self.rand_augment is not None:
             img = self.rand_augment(img, rng)
         elif self.color_jitter > 0:

@@ -1,7 +1,10 @@
 """Images → top-k labels with probabilities, for any predictor of ``ppcdnv2.deploy.predictor``.
 
 Preprocessing is upstream's evaluation transform (``ppcdnv2.data.transforms.EvalTransform``:
-shorter side to 256, bicubic for A/B and bilinear for C, center crop 224, ImageNet mean/std).
+shorter side to 256, bicubic for A/B and bilinear for C, center crop 224, ImageNet mean/std), with PIL
+by default or with OpenCV: ``backend="cv2"`` (an argument of ``classify``/``eval_transform``/``load_image``),
+else the ``backend`` of the export's preprocessing where it records one, else ``"pil"``. Images of 16 bits
+(or float) per sample are scaled to 8 bits (``ppcdnv2.data.decode``), not clipped.
 """
 from __future__ import annotations
 
@@ -58,21 +61,27 @@ def iter_images(inputs: Iterable) -> Iterator[Path]:
             raise FileNotFoundError(f"no such image file or folder: {p}")
 
 
-def eval_transform(preprocess):
+def preprocess_backend(preprocess=None, backend: Optional[str] = None) -> str:
+    """The image backend: ``backend`` if given, else the preprocessing's ``backend`` field if it has one, else pil."""
+    return backend or getattr(preprocess, "backend", None) or "pil"
+
+
+def eval_transform(preprocess, backend: Optional[str] = None):
     from ..data.transforms import EvalTransform
 
     return EvalTransform(preprocess.resize, preprocess.crop, preprocess.interpolation,
-                         preprocess.mean, preprocess.std)
+                         preprocess.mean, preprocess.std, backend=preprocess_backend(preprocess, backend))
 
 
-def load_image(path, transform) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+def load_image(path, transform, backend: Optional[str] = None) -> np.ndarray:
+    """The file decoded with ``backend`` (default: the transform's, else PIL) and preprocessed by ``transform``."""
+    from ..data.decode import ImageReadError, read_image
 
     try:
-        with Image.open(path) as img:
-            return transform(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+        img = read_image(path, backend or getattr(transform, "backend", None) or "pil")
+    except ImageReadError as e:
+        raise ValueError(f"cannot read image {path}: {e.reason}") from None
+    return transform(img)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -103,13 +112,16 @@ def topk(logits: np.ndarray, k: int = 5, labels: Optional[Sequence[str]] = None)
 
 
 def classify(predictor, images: Iterable, k: int = 5, batch_size: int = 8, labels=None,
-             preprocess=None, progress: bool = False) -> List[Prediction]:
-    """Top-``k`` predictions for image files/folders, ``batch_size`` images per forward pass."""
+             preprocess=None, progress: bool = False, backend: Optional[str] = None) -> List[Prediction]:
+    """Top-``k`` predictions for image files/folders, ``batch_size`` images per forward pass.
+
+    ``backend``: ``"pil"`` or ``"cv2"`` for decoding and resizing; default the preprocessing's, else PIL.
+    """
     from .export import Preprocess
 
     meta = getattr(predictor, "meta", None)
     preprocess = preprocess or (meta.preprocess if meta else Preprocess())
-    transform = eval_transform(preprocess)
+    transform = eval_transform(preprocess, backend)
     paths = list(iter_images(images))
     bar = None
     if progress:

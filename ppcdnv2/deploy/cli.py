@@ -172,6 +172,9 @@ def build_infer_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         "onnxruntime is installed, else Paddle Inference; dygraph for weights; "
                         "onednn = Paddle Inference with oneDNN")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--image-backend", choices=("pil", "cv2"), default=None,
+                   help="decode and resize images with PIL (the official evaluation's; default) or OpenCV "
+                        "(faster, pixels differ slightly)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--workers", type=int, default=1,
                    help="Paddle backends: split each batch over this many threads (threads/workers math threads "
@@ -197,7 +200,7 @@ def infer_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> 
                                    device=args.device, threads=args.threads, workers=args.workers)
         labels = load_labels(args.labels) if args.labels else None
         results = classify(predictor, args.images, k=args.topk, batch_size=args.batch_size, labels=labels,
-                           progress=not args.json and sys.stderr.isatty())
+                           progress=not args.json and sys.stderr.isatty(), backend=args.image_backend)
     except (ExportError, ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         return _fail(prog, e)
     nonfinite = 0

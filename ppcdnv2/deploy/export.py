@@ -44,6 +44,7 @@ class Preprocess:
     interpolation: str = "bicubic"
     mean: Tuple[float, ...] = IMAGENET_MEAN
     std: Tuple[float, ...] = IMAGENET_STD
+    backend: str = "pil"  # image decoding/resizing: "pil" (the official evaluation's) or "cv2"
 
     @classmethod
     def for_model(cls, model) -> "Preprocess":
