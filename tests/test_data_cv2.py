@@ -252,10 +252,13 @@ def test_empty_class_folder_fails_naming_it(tmp_path):
     (root / "d_also_empty" / "sub").mkdir(parents=True)
     with pytest.raises(DataError, match=r"c_empty.*also empty: d_also_empty"):
         ImageFolder(root, tf)
-    # through the config, the same error
+    # through the config, the same error for training; an evaluation folder may leave classes empty
     cfg = load_config(None, [f"data.root={tmp_path}", "data.image_size=56", "data.resize=64"])
     with pytest.raises(DataError, match="c_empty"):
         build_dataset(cfg["data"], train=True)
+    _class_folders(tmp_path / "val", {"a_cat": 1, "b_dog": 1, "c_empty": 0})
+    val = build_dataset(cfg["data"], train=False, classes=["a_cat", "b_dog", "c_empty"])
+    assert val.num_classes == 3 and len(val) == 2
 
 
 def test_empty_class_folder_with_skip_bad_warns_and_keeps_going(tmp_path):

@@ -71,16 +71,20 @@ def test_readme_python_api_names_exist():
 
 # --- the scratch folder ----------------------------------------------------------------------
 def _imagenet_folder(root: Path, n_classes: int = 1000):
-    """An ImageNet-layout folder with the 1000 class folders of ImageNet and real photos in two of them."""
+    """An ImageNet-layout folder with the 1000 class folders of ImageNet: real photos in two of them (val has
+    only those), a small photo in every other training folder."""
     from skimage import data as skdata
 
     photos = {0: ["astronaut", "coffee"], 1: ["chelsea", "rocket"]}
+    tiny = Image.fromarray(skdata.chelsea()).resize((40, 30))
     for split in ("train", "val"):
         for c in range(n_classes):
             d = root / split / f"n{c:08d}"
             d.mkdir(parents=True)
             for name in photos.get(c, []):
                 Image.fromarray(getattr(skdata, name)()).save(d / f"{name}.jpg")
+            if split == "train" and c not in photos:  # training refuses a class without images
+                tiny.save(d / "tiny.jpg")
 
 
 def _cifar10_folder(root: Path, n: int = 32):

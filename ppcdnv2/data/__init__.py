@@ -34,7 +34,7 @@ def build_dataset(data_cfg: Mapping[str, Any], train: bool, seed: int = 0, class
             tf = EvalTransform(data_cfg["resize"], data_cfg["image_size"], data_cfg["interpolation"], mean, std,
                                backend=backend)
         ds = ImageFolder(Path(root) / split if split else Path(root), tf, classes=classes, seed=seed,
-                         skip_bad=data_cfg["skip_bad"], backend=backend)
+                         skip_bad=data_cfg["skip_bad"], backend=backend, require_samples=train)
     elif name in ("cifar10", "cifar100", "digits"):
         if train:
             tf = ArrayTrainTransform(data_cfg["pad_crop"], data_cfg["hflip"], mean, std, data_cfg["reprob"])

@@ -120,7 +120,9 @@ class ImageFolder(_Base):
     """``root/<class>/<image>``; classes are the sorted sub-folder names (torchvision's ImageFolder order)."""
 
     def __init__(self, root, transform, classes: Optional[Sequence[str]] = None, seed: int = 0,
-                 skip_bad: bool = False, backend: Optional[str] = None):
+                 skip_bad: bool = False, backend: Optional[str] = None, require_samples: bool = True):
+        """``require_samples``: every class folder must hold an image (training: a class without samples is
+        trained as one that never occurs); evaluation folders may leave classes without images."""
         from .decode import check_backend
 
         super().__init__(transform, seed, skip_bad)
@@ -148,7 +150,9 @@ class ImageFolder(_Base):
                 empty.append(self.root / c)
         if not paths:
             raise DataError(f"{self.root}: no images with extensions {IMG_EXTENSIONS}")
-        # a class without samples would be trained (or evaluated) as a class that never occurs
+        # a class without samples would be trained as a class that never occurs
+        if not require_samples:
+            empty = []
         if empty and not skip_bad:
             more = (f" (also empty: {', '.join(f.name for f in empty[1:6])}{' ...' if len(empty) > 6 else ''})"
                     if len(empty) > 1 else "")
