@@ -104,6 +104,7 @@ def test_missing_files_are_named(tmp_path):
         ExportMeta.load(bad)
 
 
+@pytest.mark.slow
 def test_export_cli_official_checkpoint(tmp_path, capsys):
     """Official converted torch checkpoint → Paddle Inference + ONNX, checked against dygraph by the CLI."""
     from conftest import fixture_path
@@ -128,6 +129,7 @@ def test_export_cli_errors(tmp_path, capsys):
     assert "missing.pdparams" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_writes_onnx_by_default_and_infer_prefers_it(tmp_path, monkeypatch):
     """The fastest CPU path is the default: export writes <OUT>.onnx when paddle2onnx is there, and an export
     prefix runs in onnxruntime when its .onnx sits beside it (Paddle Inference otherwise)."""

@@ -19,12 +19,14 @@ from gfnet_fixtures import CONFIGS, description, io, weights
 from helpers_convert import run_cli_without_torch
 
 COMPONENTS = ("model_prime_state_dict", "model_state_dict", "fc", "policy")
-LARGE = ("resnet50", "densenet")
 TOL = 1e-4  # of the per-step logit scale (README of the fixtures)
 
 
+QUICK = ("regnety_600m_p96_t5", "mobilenetv3_large_100_p96_t3")  # one GRU and one cascade configuration
+
+
 def _param(name):
-    return pytest.param(name, marks=pytest.mark.slow) if name.startswith(LARGE) else name
+    return name if name in QUICK else pytest.param(name, marks=pytest.mark.slow)
 
 
 QUICK_OR_SLOW = [_param(n) for n in CONFIGS]
@@ -104,8 +106,8 @@ def _write_released(name, path):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n != "regnety_600m_p96_t5" else n
-                                  for n in CONFIGS])
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CONFIGS)
 def test_released_file_converts_without_torch(name, tmp_path):
     pytest.importorskip("torch")  # only to write the released-format file
     src = tmp_path / f"{name}.pth.tar"
@@ -122,6 +124,7 @@ def test_released_file_converts_without_torch(name, tmp_path):
     assert np.array_equal(model.flops.numpy(), np.asarray(_fields(name)["flops"], np.float64))
 
 
+@pytest.mark.slow
 def test_converter_verify_and_errors(tmp_path, capsys):
     pytest.importorskip("torch")
     from ppcdnv2.convert.cli import main as convert

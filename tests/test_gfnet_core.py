@@ -23,9 +23,11 @@ from ppcdnv2.families.gfnet.model import (ActorCritic, FullLayer, GFNet, GRUStep
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LOGIT_TOL = 1e-4
-# ResNet-50 policies: 150-270 MB linear encoders rebuilt by the rule (> 3 s per test on 2 busy cores)
-SLOW = {"resnet50_p96_t5", "resnet50_p128_t5"}
-CASES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in CONFIGS]
+# the quick subset keeps one configuration per classifier/policy kind (GRU + linear policy: DenseNet-121;
+# GRU + conv policy: RegNet; cascade: MobileNetV3, EfficientNet); the rest (ResNet-50's 150-270 MB
+# linear encoders among them) run in the full suite
+QUICK = {"densenet121_p96_t5", "regnety_600m_p96_t5", "mobilenetv3_large_100_p96_t3", "efficientnet_b2_p128_t4"}
+CASES = [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in CONFIGS]
 
 
 def rel(got, want, scale=None) -> float:
