@@ -87,6 +87,7 @@ class Family:
     progressive = False  # training drives the model with set_progress(step / total)
     lasso = False  # the model has a lasso_loss() for train.lasso
     exportable = True  # paddle.jit export (Paddle Inference, ONNX) works
+    single_output = True  # forward(x) -> logits [B, classes] (GFNet: one set per step)
     classifier = "classifier"  # state-dict prefix of the classifier (left fresh for new classes)
     # config fields that weights cannot show (e.g. activation choice): taken from a preset, the
     # checkpoint's args or --arch; defaults otherwise, with a note

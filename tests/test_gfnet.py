@@ -153,3 +153,13 @@ def test_configuration_is_found_from_the_shapes_alone(name):
             state[f"{PREFIXES[component]}.{key}"] = np.broadcast_to(np.float32(0), shape)  # shapes only
     cfg, hidden = ppcdnv2.get_family("gfnet").infer_config(state, "torch", "train")
     assert cfg == ppcdnv2.preset(f"gfnet_{name}") and hidden == []
+
+
+def test_tools_that_expect_one_output_refuse_gfnet_clearly(tmp_path):
+    from ppcdnv2.deploy import load_converted_model
+    from ppcdnv2.deploy.cli import export_main
+
+    with pytest.raises(ValueError, match="predict"):
+        load_converted_model("gfnet_mobilenetv3_large_100_p96_t3")
+    assert export_main(["gfnet_mobilenetv3_large_100_p96_t3", "-o", str(tmp_path / "m")]) == 1
+    assert not list(tmp_path.iterdir())

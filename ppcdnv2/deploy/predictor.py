@@ -183,6 +183,10 @@ def load_converted_model(name: str, weights=None):
 
     entry = model_entry(name)  # clear KeyError for unknown names
     family = entry.family
+    if not family.single_output:
+        raise ValueError(f"{name}: {family.title} predicts step by step; classify with the model's own "
+                         f"predict() (ppcdnv2.create_model({name!r}, pretrained=...).predict(x, budget=...)): "
+                         f"infer.py does not run it yet")
     form = "converted" if "converted" in family.forms else "train"
     cfg = family.preset(entry.preset)
     if weights is None:

@@ -39,6 +39,11 @@ def run_eval(weights: str, config: Optional[str] = None, overrides: Sequence[str
 
     ds = build_dataset(cfg["data"], train=False, seed=cfg["train"]["seed"])
     mcfg = model_config(cfg["model"], num_classes=ds.num_classes)
+    from ..registry import family_of
+
+    if not family_of(mcfg).single_output:
+        raise WeightsError(f"{family_of(mcfg).title} predicts step by step: evaluating it on a folder (anytime and "
+                           f"budgeted top-1) is not available in eval.py yet; use the model's glance_and_focus()")
     if ds.num_classes > mcfg.num_classes:
         raise WeightsError(f"the data has {ds.num_classes} classes but the model only {mcfg.num_classes}")
     model, source = load_model(weights, mcfg, form, which)

@@ -31,6 +31,7 @@ class GFNetFamily(Family):
     layouts = ()  # released files are read; writing them back is not done
     torch_container = None
     exportable = False  # data-dependent crops: deployed as the dygraph model
+    single_output = False  # logits of every step [T, B, classes]; predict() exits early
 
     # --- models ------------------------------------------------------------------------------
     def model_class(self):
