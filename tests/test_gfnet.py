@@ -163,3 +163,8 @@ def test_tools_that_expect_one_output_refuse_gfnet_clearly(tmp_path):
         load_converted_model("gfnet_mobilenetv3_large_100_p96_t3")
     assert export_main(["gfnet_mobilenetv3_large_100_p96_t3", "-o", str(tmp_path / "m")]) == 1
     assert not list(tmp_path.iterdir())
+    from conftest import REPO
+    from ppcdnv2.engine.cli import train_main
+
+    assert train_main(["-c", str(REPO / "configs" / "demo.yaml"), "-o", "model.name=gfnet_mobilenetv3_large_100_p96_t3",
+                       "-o", "model.arch=null", "-o", f"train.output={tmp_path / 'run'}"]) == 1

@@ -238,6 +238,9 @@ def train(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite: bool 
     val_loader = build_loader(val_ds, EvalBatchSampler(len(val_ds), ec["batch_size"], rank, world), dc["num_workers"])
     smoothing, lasso = float(tc["label_smoothing"]), float(tc["lasso"])
     family = family_of(model)
+    if not family.single_output:
+        raise TrainError(f"{family.title} trains in stages (glance/focus encoders, then the PPO policy) that this "
+                         f"trainer does not run yet")
     progressive = family.progressive
     if lasso > 0 and not family.lasso:
         raise TrainError(f"train.lasso = {lasso:g}, but {family.title} has no group lasso; set train.lasso=0")

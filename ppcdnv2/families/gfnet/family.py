@@ -10,7 +10,7 @@ mapping, strict loading and ``--verify`` are the generic ones; the configuration
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
