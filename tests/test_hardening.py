@@ -205,3 +205,30 @@ def test_full_disk_while_writing_safetensors_is_one_line(demo_run, tmp_path, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "out.safetensors" in err[0] and "space" in err[0]
     assert not list(tmp_path.iterdir())
+
+
+def test_infer_on_a_folder_with_a_broken_image_classifies_the_rest(tmp_path, capsys):
+    from PIL import Image
+
+    from ppcdnv2.deploy import export_inference
+    from ppcdnv2.deploy.cli import infer_main
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(folder / f"ok{i}.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png")  # 48 KB declaring 400 M pixels
+    files = export_inference(ppcdnv2.create_model("rexnet_090").eval(), tmp_path / "m")
+    for backend in ("pil", "cv2"):
+        capsys.readouterr()
+        assert infer_main(["-m", str(files.prefix), str(folder), "--json", "--backend", "paddle",
+                           "--image-backend", backend]) == 1
+        out, err = capsys.readouterr()
+        assert sorted(json.loads(line)["image"].rsplit("/", 1)[1] for line in out.splitlines()) == \
+            ["ok0.png", "ok1.png", "ok2.png"]
+        err = err.strip().splitlines()
+        assert len(err) == 2 and any("broken.jpg" in e for e in err) and any("bomb.png" in e for e in err)
+        assert all("Traceback" not in e for e in err)
+    assert infer_main(["-m", str(files.prefix), str(folder), "--backend", "paddle", "--skip-bad"]) == 0
+    assert "warning" in capsys.readouterr().err

@@ -136,8 +136,23 @@ def _read_pil(path):
         return pil_to_rgb(img)
 
 
+def _check_pixels(path) -> None:
+    """PIL's decompression-bomb limit for the OpenCV path too: the header says the size before anything is
+    decoded (a 48 KB PNG can declare 20000 x 20000 pixels, 1.2 GB once decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path):
+            pass
+    except Image.DecompressionBombError:
+        raise
+    except Exception:  # a format PIL cannot open: OpenCV decides
+        pass
+
+
 def _read_cv2(path) -> np.ndarray:
     cv2 = import_cv2()
+    _check_pixels(path)
     with open(path, "rb") as f:  # imdecode: no path encoding issues, no OpenCV warning on stderr
         buf = np.frombuffer(f.read(), np.uint8)
     arr = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if buf.size else None

@@ -112,10 +112,13 @@ def topk(logits: np.ndarray, k: int = 5, labels: Optional[Sequence[str]] = None)
 
 
 def classify(predictor, images: Iterable, k: int = 5, batch_size: int = 8, labels=None,
-             preprocess=None, progress: bool = False, backend: Optional[str] = None) -> List[Prediction]:
+             preprocess=None, progress: bool = False, backend: Optional[str] = None,
+             on_error=None) -> List[Prediction]:
     """Top-``k`` predictions for image files/folders, ``batch_size`` images per forward pass.
 
     ``backend``: ``"pil"`` or ``"cv2"`` for decoding and resizing; default the preprocessing's, else PIL.
+    ``on_error(path, message)``: called for each unreadable image, which is then left out (the others are
+    still classified); without it the first unreadable image raises ``ValueError``.
     """
     from .export import Preprocess
 
@@ -130,8 +133,20 @@ def classify(predictor, images: Iterable, k: int = 5, batch_size: int = 8, label
         bar = tqdm(total=len(paths), unit="img", desc="classify")
     results = []
     for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        x = np.stack([load_image(p, transform) for p in chunk])
+        chunk, arrays = [], []
+        for p in paths[start:start + batch_size]:
+            try:
+                arrays.append(load_image(p, transform))
+                chunk.append(p)
+            except ValueError as e:
+                if on_error is None:
+                    raise
+                on_error(p, str(e))
+        if bar is not None and len(chunk) < len(paths[start:start + batch_size]):
+            bar.update(len(paths[start:start + batch_size]) - len(chunk))
+        if not chunk:
+            continue
+        x = np.stack(arrays)
         logits = predictor(x)
         if labels is not None and len(labels) != logits.shape[1]:
             raise ValueError(f"{len(labels)} labels given but the model has {logits.shape[1]} classes")

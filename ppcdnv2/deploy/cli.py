@@ -172,6 +172,8 @@ def build_infer_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
                         "onnxruntime is installed, else Paddle Inference; dygraph for weights; "
                         "onednn = Paddle Inference with oneDNN")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="unreadable images are reported on stderr and skipped; exit 0 (default: exit 1 at the end)")
     p.add_argument("--image-backend", choices=("pil", "cv2"), default=None,
                    help="decode and resize images with PIL (the official evaluation's; default) or OpenCV "
                         "(faster, pixels differ slightly)")
@@ -199,8 +201,15 @@ def infer_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> 
         predictor = load_predictor(args.model, model_name=args.arch, backend=args.backend,
                                    device=args.device, threads=args.threads, workers=args.workers)
         labels = load_labels(args.labels) if args.labels else None
+        unreadable = []
+
+        def report(path, message):
+            unreadable.append(path)
+            print(f"{prog}: {'warning' if args.skip_bad else 'error'}: {message}", file=sys.stderr)
+
         results = classify(predictor, args.images, k=args.topk, batch_size=args.batch_size, labels=labels,
-                           progress=not args.json and sys.stderr.isatty(), backend=args.image_backend)
+                           progress=not args.json and sys.stderr.isatty(), backend=args.image_backend,
+                           on_error=report)
     except (ExportError, ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
         return _fail(prog, e)
     nonfinite = 0
@@ -216,7 +225,7 @@ def infer_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> 
             print(r.path)
             for index, name, prob in r.top:
                 print(f"  {prob:7.4f}  {name} ({index})")
-    return 1 if nonfinite else 0
+    return 1 if nonfinite or (unreadable and not args.skip_bad) else 0
 
 
 def _json_safe(obj):
