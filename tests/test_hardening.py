@@ -232,3 +232,41 @@ def test_infer_on_a_folder_with_a_broken_image_classifies_the_rest(tmp_path, cap
         assert all("Traceback" not in e for e in err)
     assert infer_main(["-m", str(files.prefix), str(folder), "--backend", "paddle", "--skip-bad"]) == 0
     assert "warning" in capsys.readouterr().err
+
+
+def test_eval_maps_a_few_class_folders_to_the_model_classes_or_refuses(tmp_path, capsys):
+    """A 1000-class model on a folder of 2 classes: folders named after the model's classes are matched by
+    name (top-1 meaningful); folders it cannot match are refused instead of scoring folder indices."""
+    from PIL import Image
+
+    from ppcdnv2.deploy.classify import imagenet_classes
+    from ppcdnv2.engine.cli import eval_main
+    from ppcdnv2.weights import save_weights, state_dict_numpy
+
+    names = imagenet_classes()
+    model = ppcdnv2.create_model("rexnet_090")
+    state = state_dict_numpy(model)
+    bias = np.zeros_like(state["output.1.bias"])
+    bias[names.index("tabby")] = 1e4  # this model answers "tabby" for every image
+    state["output.1.bias"] = bias
+    weights = save_weights(state, tmp_path / "w.pdparams")
+    for cls in ("tabby", "espresso"):
+        d = tmp_path / "data" / "val" / cls
+        d.mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((64, 64, 3), 80 * i, np.uint8)).save(d / f"{i}.png")
+    args = ["--weights", str(weights), "-c", str(REPO / "configs" / "rexnet_100.yaml"), "--no-progress",
+            "-o", "model.name=rexnet_090", "-o", f"data.root={tmp_path / 'data'}", "-o", "data.num_workers=0",
+            "-b", "4", "--json", str(tmp_path / "r.json")]
+    assert eval_main(args) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["count"] == 4 and report["top1"] == pytest.approx(50.0)  # the 2 tabby images
+    assert "mapped to the model's classes" in capsys.readouterr().out
+    (tmp_path / "data" / "val" / "tabby").rename(tmp_path / "data" / "val" / "n02123045")
+    assert eval_main(args) == 1
+    err = capsys.readouterr().err
+    assert "n02123045" in err and "--labels" in err
+    labels = tmp_path / "synsets.txt"  # ids in index order: tabby's line holds its synset
+    labels.write_text("\n".join("n02123045" if n == "tabby" else n for n in names) + "\n")
+    assert eval_main(args + ["--labels", str(labels)]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["top1"] == pytest.approx(50.0)

@@ -96,11 +96,14 @@ def eval_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> i
     ap.add_argument("--skip-bad", action="store_true", help="skip unreadable images (counted) instead of failing")
     ap.add_argument("-b", "--batch-size", type=int, default=None)
     ap.add_argument("--json", help="also write the results to this JSON file")
+    ap.add_argument("--labels", metavar="FILE",
+                    help="the model's class names or ids, one per line in index order, to match class folders by "
+                         "name (default for 1000 classes: the packaged ImageNet names)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
         run_eval(args.weights, args.config, args.override, args.form, args.which, args.skip_bad, args.batch_size,
-                 args.json, progress_bar=not args.no_progress)
+                 args.json, progress_bar=not args.no_progress, labels=args.labels)
     except (*USER_ERRORS, ValueError) as e:  # bad config, data or weights: the message names the file or key
         print(f"error: {e}", file=sys.stderr)
         return 1

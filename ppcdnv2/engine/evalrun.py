@@ -16,9 +16,38 @@ from .build import model_config
 from .config import load_config
 
 
+def _map_folders_to_model_classes(ds, num_classes: int, labels: Optional[str], printer) -> None:
+    """A folder of a few classes for a model of more: its sorted folder index would be taken as the model's
+    class index (a meaningless top-1). Map each folder by name to the model's class list (``labels``, a file of
+    the model's class names or ids in index order; the packaged ImageNet names for 1000 classes), or refuse."""
+    import numpy as np
+
+    from ..deploy.classify import load_labels
+
+    names = list(load_labels(labels, num_classes) or [])
+    if not names:
+        raise WeightsError(f"the folder has {ds.num_classes} class folders but the model predicts {num_classes} "
+                           f"classes: give --labels FILE (the model's class names or ids, one per line, in index "
+                           f"order) so the folders can be matched to them")
+    index = {n: i for i, n in enumerate(names)}
+    missing = [c for c in ds.classes if c not in index]
+    if missing:
+        raise WeightsError(f"class folders {missing[:5]} are not among the model's {num_classes} classes "
+                           f"({'--labels ' + str(labels) if labels else 'the packaged ImageNet names'}); name the "
+                           f"folders after them" + ("" if labels else " or give --labels FILE (e.g. the 1000 "
+                                                                   "synset ids in index order)"))
+    base = getattr(ds, "base", ds)
+    to_model = np.asarray([index[c] for c in base.classes], np.int64)
+    base.labels = to_model[base.labels]
+    if base is not ds:
+        ds.labels = to_model[ds.labels]
+    printer(f"class folders mapped to the model's classes by name ({len(ds.classes)} of {num_classes})")
+
+
 def run_eval(weights: str, config: Optional[str] = None, overrides: Sequence[str] = (), form: str = "auto",
              which: str = "ema", skip_bad: bool = False, batch_size: Optional[int] = None,
-             json_out: Optional[str] = None, progress_bar: bool = True, printer=print) -> Dict[str, Any]:
+             json_out: Optional[str] = None, progress_bar: bool = True, printer=print,
+             labels: Optional[str] = None) -> Dict[str, Any]:
     import paddle
 
     from ..data import EvalBatchSampler, build_dataset, build_loader
@@ -46,6 +75,8 @@ def run_eval(weights: str, config: Optional[str] = None, overrides: Sequence[str
                            f"budgeted top-1) is not available in eval.py yet; use the model's glance_and_focus()")
     if ds.num_classes > mcfg.num_classes:
         raise WeightsError(f"the data has {ds.num_classes} classes but the model only {mcfg.num_classes}")
+    if cfg["data"]["dataset"] == "imagenet" and (ds.num_classes != mcfg.num_classes or labels):
+        _map_folders_to_model_classes(ds, mcfg.num_classes, labels, printer)
     model, source = load_model(weights, mcfg, form, which)
     model.eval()
     fl = count_flops(mcfg, model.form, input_size=cfg["data"]["image_size"])
