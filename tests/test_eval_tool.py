@@ -19,7 +19,8 @@ def folder(tmp_path_factory):
     from skimage import data as skdata
 
     root = tmp_path_factory.mktemp("imagenet_eval")
-    for cls, names in {"n01": ["astronaut", "coffee"], "n02": ["chelsea", "rocket"]}.items():
+    # named after ImageNet classes (goldfish: 1, tench: 0): eval.py matches the folders to them by name
+    for cls, names in {"tench": ["astronaut", "coffee"], "goldfish": ["chelsea", "rocket"]}.items():
         (root / "val" / cls).mkdir(parents=True)
         for n in names:
             Image.fromarray(getattr(skdata, n)()).save(root / "val" / cls / f"{n}.jpg")
@@ -40,7 +41,10 @@ def _expected(folder, model):
     model.eval()
     with paddle.no_grad():
         logits = model(x).numpy()
-    return logits, ds.labels
+    from ppcdnv2.deploy.classify import imagenet_classes
+
+    names = imagenet_classes()
+    return logits, np.asarray([names.index(ds.classes[i]) for i in ds.labels])  # the model's class indices
 
 
 def test_eval_official_pth_both_forms(folder, capsys):
@@ -76,7 +80,7 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(folder, tmp_path):
 
     root = tmp_path / "data"
     shutil.copytree(folder, root)
-    bad = root / "val" / "n02" / "broken.jpg"
+    bad = root / "val" / "goldfish" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
     weights = tmp_path / "w.pdparams"
     from ppcdnv2.registry import create_model
