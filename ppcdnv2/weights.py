@@ -299,9 +299,10 @@ def load_pretrained(model, path, skip_classifier: bool = False):
     return load_state_dict(model, _paddle_state_for(model, state, str(path)), skip=skip, where=str(path))
 
 
-def load_model(path, cfg, form: str = "auto", which: str = "ema"):
+def load_model(path, cfg, form: str = "auto", which: str = "ema", classes_from_weights: bool = False):
     """A model of ``cfg`` holding the weights at ``path`` (any file :func:`read_state` reads), in ``form``
-    (``auto``: the weights' own; ``converted``: training-form weights are condensed). Returns
+    (``auto``: the weights' own; ``converted``: training-form weights are condensed). With
+    ``classes_from_weights`` the class count is the weights' classifier's (the file is read once). Returns
     ``(model, form of the weights)``."""
     from .registry import family_of
 
@@ -309,6 +310,9 @@ def load_model(path, cfg, form: str = "auto", which: str = "ema"):
     if form not in ("auto",) + family.forms:
         raise ValueError(f"form must be auto or one of {', '.join(family.forms)}, got {form!r}")
     state = read_state(path, which)
+    if classes_from_weights:
+        n = _classes_in(state, family, cfg)
+        cfg = cfg if n == cfg.num_classes else cfg.replace(num_classes=n)
     source = family.form_of(state)
     if source == "converted" and form == "train":
         raise WeightsError(f"{path}: converted (condensed) weights cannot be evaluated in training form")
@@ -317,12 +321,8 @@ def load_model(path, cfg, form: str = "auto", which: str = "ema"):
     return model, source
 
 
-def classes_in(path, cfg) -> int:
-    """The class count of the weights at ``path`` for a model of ``cfg``'s family (``cfg``'s own if unclear)."""
-    from .registry import family_of
-
-    state = read_state(path)
-    family = family_of(cfg)
+def _classes_in(state: Mapping[str, np.ndarray], family, cfg) -> int:
+    """The class count ``state`` shows for a model of ``family`` (``cfg``'s own if unclear)."""
     framework = framework_of(state)
     try:
         if framework == "torch":

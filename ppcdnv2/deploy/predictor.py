@@ -179,7 +179,7 @@ def load_converted_model(name: str, weights=None):
     (ours, official or other torch layouts, ppim's); training-form weights are condensed.
     """
     from ..registry import model_entry
-    from ..weights import classes_in, load_model
+    from ..weights import load_model
 
     entry = model_entry(name)  # clear KeyError for unknown names
     family = entry.family
@@ -194,10 +194,7 @@ def load_converted_model(name: str, weights=None):
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    n = classes_in(path, cfg)
-    if n != cfg.num_classes:
-        cfg = cfg.replace(num_classes=n)
-    return load_model(path, cfg, form)[0].eval()
+    return load_model(path, cfg, form, classes_from_weights=True)[0].eval()
 
 
 def default_meta(name: str, model) -> ExportMeta:
