@@ -16,7 +16,7 @@ from .families.condensenet import (CondenseNetConfig, CondenseNetV2Config, build
                                    build_condensenetv2)
 from .families.condensenet.v2 import CondenseNetV2  # noqa: E402
 from .condense import condense  # noqa: E402
-from .families import gfnet  # noqa: E402  (ppcdnv2.gfnet: GFNet's budget tools and model classes)
+from . import gfnet  # noqa: E402  (GFNet's budget tools and model classes)
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "preset", "families", "get_family", "condense", "gfnet", "CondenseNetV2",

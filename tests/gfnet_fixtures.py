@@ -53,3 +53,26 @@ def weights(name: str, component: str, strip_module: bool = True) -> dict:
         value = np.asarray(value).astype(dtype, copy=False).reshape(shape)
         out[key[len("module."):] if strip_module and key.startswith("module.") else key] = value
     return out
+
+
+def fields(name: str) -> dict:
+    """The released file's non-tensor fields (``flops``, ``dynamic_threshold``, ...)."""
+    return description(name)["checkpoint_fields"]
+
+
+def thresholds(name: str) -> np.ndarray:
+    t = fields(name)["dynamic_threshold"]
+    return np.asarray(t["values"], dtype=t["dtype"]).reshape(t["shape"])
+
+
+COMPONENTS = ("model_prime_state_dict", "model_state_dict", "fc", "policy")
+
+
+def fixture_model(name: str):
+    """``gfnet_<name>`` holding the fixture's weights, thresholds and flops record, in eval mode."""
+    import ppcdnv2
+
+    model = ppcdnv2.create_model(f"gfnet_{name}")
+    model.load_components(**{k: weights(name, c) for k, c in zip(("model_prime", "model", "fc", "policy"), COMPONENTS)},
+                          thresholds=thresholds(name), flops=fields(name)["flops"])
+    return model.eval()

@@ -15,10 +15,10 @@ import pytest
 
 import ppcdnv2
 from conftest import fixture_path
-from gfnet_fixtures import CONFIGS, description, io, weights
+from gfnet_fixtures import CONFIGS, description, fixture_model, io
+from gfnet_fixtures import fields as fixture_fields, thresholds as fixture_thresholds
 from helpers_convert import run_cli_without_torch
 
-COMPONENTS = ("model_prime_state_dict", "model_state_dict", "fc", "policy")
 TOL = 1e-4  # of the per-step logit scale (README of the fixtures)
 
 
@@ -30,23 +30,6 @@ def _param(name):
 
 
 QUICK_OR_SLOW = [_param(n) for n in CONFIGS]
-
-
-def _fields(name):
-    return description(name)["checkpoint_fields"]
-
-
-def _thresholds(name):
-    t = _fields(name)["dynamic_threshold"]
-    return np.asarray(t["values"], dtype=t["dtype"]).reshape(t["shape"])
-
-
-def _model_from_fixture(name):
-    model = ppcdnv2.create_model(f"gfnet_{name}")
-    model.load_components(**{k: weights(name, c) for k, c in
-                             zip(("model_prime", "model", "fc", "policy"), COMPONENTS)},
-                          thresholds=_thresholds(name), flops=_fields(name)["flops"])
-    return model.eval()
 
 
 def _check_outputs(model, name):
@@ -65,9 +48,9 @@ def _check_outputs(model, name):
 
 @pytest.mark.parametrize("name", QUICK_OR_SLOW)
 def test_whole_model_reproduces_the_official_steps(name):
-    model = _model_from_fixture(name)
+    model = fixture_model(name)
     _check_outputs(model, name)
-    assert model.thresholds.numpy().tobytes() == _thresholds(name).tobytes()
+    assert model.thresholds.numpy().tobytes() == fixture_thresholds(name).tobytes()
 
 
 @pytest.mark.parametrize("name", QUICK_OR_SLOW)
@@ -75,7 +58,7 @@ def test_step_macs_equal_upstream_counter(name):
     from ppcdnv2.families.gfnet import cumulative_macs, step_macs
 
     cfg = ppcdnv2.preset(f"gfnet_{name}")
-    fields = _fields(name)
+    fields = fixture_fields(name)
     parts = step_macs(cfg)
     assert parts["model"] / 1e6 == pytest.approx(fields["model_flops"], abs=1e-6)
     assert parts["policy"] / 1e6 == pytest.approx(fields["policy_flops"], abs=1e-6)
@@ -85,8 +68,8 @@ def test_step_macs_equal_upstream_counter(name):
 
 @pytest.mark.parametrize("name", ["regnety_600m_p96_t5", "mobilenetv3_large_100_p96_t3"])
 def test_predict_exits_where_the_thresholds_say(name):
-    model = _model_from_fixture(name)
-    data, thresholds, flops = io(name), _thresholds(name), _fields(name)["flops"]
+    model = fixture_model(name)
+    data, thresholds, flops = io(name), fixture_thresholds(name), fixture_fields(name)["flops"]
     softmax = data["softmax"]  # [T, B, C] of the official code
     for budget in (1, 20, 39):
         th = thresholds[budget - 1]
@@ -120,8 +103,13 @@ def test_released_file_converts_without_torch(name, tmp_path):
     src.unlink()  # up to 520 MiB: keep the disk free for the next configuration
     model = ppcdnv2.create_model(f"gfnet_{name}", pretrained=str(tmp_path / "gfnet.pdparams")).eval()
     _check_outputs(model, name)
-    assert model.thresholds.numpy().tobytes() == _thresholds(name).tobytes()
-    assert np.array_equal(model.flops.numpy(), np.asarray(_fields(name)["flops"], np.float64))
+    assert model.thresholds.numpy().tobytes() == fixture_thresholds(name).tobytes()
+    fields = fixture_fields(name)
+    assert np.array_equal(model.flops.numpy(), np.asarray(fields["flops"], np.float64))
+    # the rest of the evaluation record survives too (eval.py prints it beside its own figures)
+    assert model.component_flops.numpy().tolist() == [fields[k] for k in ("model_flops", "policy_flops", "fc_flops")]
+    assert model.anytime_classification.numpy().tolist() == fields["anytime_classification"]
+    assert model.budgeted_batch_classification.numpy().tolist() == fields["budgeted_batch_classification"]
 
 
 @pytest.mark.slow

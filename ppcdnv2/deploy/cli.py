@@ -185,6 +185,11 @@ def build_infer_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: ImageNet for 1000 classes)")
     p.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
+    g = p.add_argument_group("step-wise models (GFNet, from a weights file with --arch gfnet_...)")
+    g.add_argument("--budget", type=int, default=None, metavar="P",
+                   help="exit as soon as the prediction is confident enough for budget P (1..39, the weights' "
+                        "thresholds); default: run every step")
+    g.add_argument("--draw", metavar="DIR", help="write <image>_gfnet.png per image: the glance and the patches")
     return p
 
 
@@ -197,6 +202,10 @@ def infer_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> 
     if min(args.topk, args.batch_size, args.threads, args.workers) < 1:
         print(f"{prog}: error: --topk, --batch-size, --threads and --workers must be >= 1", file=sys.stderr)
         return 2
+    if _is_stepwise(args.arch):
+        return _infer_stepwise(args, prog)
+    if args.budget is not None or args.draw:
+        return _fail(prog, "--budget and --draw are for step-wise models (GFNet): give --arch gfnet_...")
     try:
         predictor = load_predictor(args.model, model_name=args.arch, backend=args.backend,
                                    device=args.device, threads=args.threads, workers=args.workers)
@@ -226,6 +235,57 @@ def infer_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> 
             for index, name, prob in r.top:
                 print(f"  {prob:7.4f}  {name} ({index})")
     return 1 if nonfinite or (unreadable and not args.skip_bad) else 0
+
+
+def _is_stepwise(arch: Optional[str]) -> bool:
+    from ..registry import model_entry
+
+    try:
+        return bool(arch) and not model_entry(arch).family.single_output
+    except KeyError:
+        return False  # the usual path says the name is unknown
+
+
+def _infer_stepwise(args, prog: str) -> int:
+    """GFNet: early exit per image, the exit step and cost printed, pictures with --draw (see ``stepwise``)."""
+    from .classify import load_labels
+    from .predictor import set_threads
+    from .stepwise import classify_stepwise, load_stepwise_model
+    from ..weights import WeightsError
+
+    if args.backend not in ("auto", "dygraph"):
+        return _fail(prog, f"{args.arch} runs as the Paddle model from a weights file (--backend dygraph)")
+    unreadable = []
+
+    def report(path, message):
+        unreadable.append(path)
+        print(f"{prog}: {'warning' if args.skip_bad else 'error'}: {message}", file=sys.stderr)
+
+    try:
+        set_threads(args.threads)
+        if args.device == "gpu":
+            import paddle
+
+            paddle.set_device("gpu")
+        model = load_stepwise_model(args.arch, args.model)
+        labels = load_labels(args.labels) if args.labels else None
+        results = classify_stepwise(model, args.images, k=args.topk, batch_size=args.batch_size, budget=args.budget,
+                                    labels=labels, draw_dir=args.draw, backend=args.image_backend, on_error=report,
+                                    progress=not args.json and sys.stderr.isatty())
+    except (WeightsError, ValueError, KeyError, FileNotFoundError, RuntimeError) as e:
+        return _fail(prog, e)
+    except OSError as e:  # --draw on a read-only or full disk
+        return _fail(prog, f"cannot write {e.filename or args.draw}: {e.strerror or e}")
+    for r in results:
+        if args.json:
+            print(json.dumps(_json_safe(r.to_dict()), allow_nan=False))
+            continue
+        cost = f", {r.mmacs:.0f} M multiply-adds" if r.mmacs is not None else ""
+        print(f"{r.path}  (exit at step {r.exit_step} of {r.steps}{cost}"
+              + (f"; picture {r.picture})" if r.picture else ")"))
+        for index, name, prob in r.top:
+            print(f"  {prob:7.4f}  {name} ({index})")
+    return 1 if unreadable and not args.skip_bad else 0
 
 
 def _json_safe(obj):

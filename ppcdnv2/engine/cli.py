@@ -26,6 +26,8 @@ Evaluate weights (top-1, top-5, loss; FLOPs and parameters) on ImageNet-layout f
     %(prog)s --weights output/demo/checkpoint_last.safetensors --form converted
     %(prog)s -c configs/cdnv2_a.yaml --weights cdnv2_a.pth -o data.root=/data/imagenet
     %(prog)s -c configs/rexnet_100.yaml --weights rexnetv1_1.0x.pth -o data.root=/data/imagenet
+    %(prog)s -c configs/gfnet.yaml -o model.name=gfnet_regnety_600m_p96_t5 --weights gf.pdparams \
+        -o data.root=/data/imagenet --plot budget.png    # GFNet: top-1 per step and per budget
 
 exit status: 0 on success, 1 on bad input (one line on stderr), 2 on bad arguments."""
 
@@ -99,11 +101,19 @@ def eval_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> i
     ap.add_argument("--labels", metavar="FILE",
                     help="the model's class names or ids, one per line in index order, to match class folders by "
                          "name (default for 1000 classes: the packaged ImageNet names)")
+    gf = ap.add_argument_group("step-wise models (GFNet)")
+    gf.add_argument("--thresholds", choices=("auto", "stored", "train"), default=None,
+                    help="exit thresholds of the 39 budgets: stored in the weights, or found on training images "
+                         "(data.train_split) as upstream's inference.py mode 2; auto (default): stored if any")
+    gf.add_argument("--train-images", type=int, default=None, metavar="N",
+                    help="find the thresholds on a fixed random subset of N training images (default 200000)")
+    gf.add_argument("--plot", metavar="PNG", help="write top-1 against mean multiply-adds (per budget, per step)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
     try:
         run_eval(args.weights, args.config, args.override, args.form, args.which, args.skip_bad, args.batch_size,
-                 args.json, progress_bar=not args.no_progress, labels=args.labels)
+                 args.json, progress_bar=not args.no_progress, labels=args.labels, thresholds=args.thresholds,
+                 train_images=args.train_images, plot=args.plot)
     except (*USER_ERRORS, ValueError) as e:  # bad config, data or weights: the message names the file or key
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -19,7 +19,8 @@ from .config import N_BUDGETS, PRESETS as CONFIGS, GFNetConfig
 
 PREFIX = "gfnet_"
 COMPONENTS = {"model_prime_state_dict": "model_prime", "model_state_dict": "model", "fc": "fc", "policy": "policy"}
-BUFFERS = ("thresholds", "flops")  # the checkpoint's budget data, kept as model buffers
+# the checkpoint's budget data and evaluation record, kept as model buffers
+BUFFERS = ("thresholds", "flops", "component_flops", "anytime_classification", "budgeted_batch_classification")
 
 
 class GFNetFamily(Family):
@@ -70,7 +71,7 @@ class GFNetFamily(Family):
 
     # --- converter ---------------------------------------------------------------------------
     def unpack_checkpoint(self, obj, where: str):
-        from .checkpoint import is_gfnet_checkpoint, parse_gfnet_checkpoint
+        from .checkpoint import GFNetCheckpointError, is_gfnet_checkpoint, parse_gfnet_checkpoint
 
         if not is_gfnet_checkpoint(obj):
             return None
@@ -83,8 +84,18 @@ class GFNetFamily(Family):
         thresholds = ck.dynamic_threshold
         state["thresholds"] = (np.asarray(thresholds, np.float32) if thresholds is not None
                                else np.full([N_BUDGETS, T or 1], np.nan, np.float32))
-        state["flops"] = (np.asarray(ck.flops, np.float64) if ck.flops is not None
-                          else np.full([state["thresholds"].shape[1]], np.nan))
+        steps = state["thresholds"].shape[1]
+        state["flops"] = np.asarray(ck.flops, np.float64) if ck.flops is not None else np.full([steps], np.nan)
+        parts = (ck.model_flops, ck.policy_flops, ck.fc_flops)
+        state["component_flops"] = np.asarray([np.nan if v is None else v for v in parts], np.float64)
+        state["anytime_classification"] = (np.asarray(ck.anytime_classification, np.float64)
+                                           if ck.anytime_classification is not None else np.full([steps], np.nan))
+        budgeted = ck.budgeted_batch_classification
+        if budgeted is not None and len(budgeted[0]) != N_BUDGETS:
+            raise GFNetCheckpointError(f"{where}: field 'budgeted_batch_classification' has {len(budgeted[0])} "
+                                       f"budgets, a released GFNet has {N_BUDGETS}")
+        state["budgeted_batch_classification"] = (np.asarray(budgeted, np.float64) if budgeted is not None
+                                                  else np.full([2, N_BUDGETS], np.nan))
         args = {"model_name": ck.model_name, "patch_size": ck.patch_size, "T": T}
         return state, f"released GFNet ({ck.kind})", args
 

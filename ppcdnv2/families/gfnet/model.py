@@ -245,7 +245,10 @@ class GFNet(nn.Layer):
     """A Glance-and-Focus network: ``model_prime`` (glance encoder), ``model`` (local encoder), ``fc``
     (:class:`FullLayer`), ``policy`` (:class:`ActorCritic`), plus the checkpoint's budget data as
     persistable buffers: ``thresholds`` [39, T] float32 (upstream ``dynamic_threshold``; NaN until set) and
-    ``flops`` [T] float64 (multiply-adds in millions to reach each step's prediction; NaN until set).
+    ``flops`` [T] float64 (multiply-adds in millions to reach each step's prediction; NaN until set), and
+    the released file's evaluation record: ``component_flops`` [3] (upstream ``model_flops``,
+    ``policy_flops``, ``fc_flops``), ``anytime_classification`` [T] (top-1 % per step) and
+    ``budgeted_batch_classification`` [2, 39] (expected multiply-adds, top-1 % per budget).
 
     ``backbones=(prime, local)`` plugs in any two layers with the backbone interface (``forward(x) ->
     (vector, feature_map)``, ``classify(vector)``); by default both are ``build_backbone(cfg.backbone)``.
@@ -271,14 +274,28 @@ class GFNet(nn.Layer):
         self.policy = ActorCritic(cfg.fmap_channels, cfg.state_dim, cfg.policy_hidden_dim, cfg.policy_conv)
         self.register_buffer("thresholds", paddle.full([N_BUDGETS, cfg.T], float("nan"), "float32"))
         self.register_buffer("flops", paddle.full([cfg.T], float("nan"), "float64"))
+        # the checkpoint's own evaluation record, kept so a converted file loses nothing (NaN until set)
+        self.register_buffer("component_flops", paddle.full([3], float("nan"), "float64"))
+        self.register_buffer("anytime_classification", paddle.full([cfg.T], float("nan"), "float64"))
+        self.register_buffer("budgeted_batch_classification", paddle.full([2, N_BUDGETS], float("nan"), "float64"))
 
     @classmethod
     def from_parts(cls, cfg, prime: nn.Layer, local: nn.Layer) -> "GFNet":
         return cls(cfg, backbones=(prime, local))
 
     # -- weights and budget data ------------------------------------------------------------------
-    def set_budget_data(self, thresholds=None, flops=None) -> None:
-        """Set ``thresholds`` ([39, T], kept as float32 bit for bit) and/or ``flops`` ([T])."""
+    def set_budget_data(self, thresholds=None, flops=None, component_flops=None, anytime_classification=None,
+                        budgeted_batch_classification=None) -> None:
+        """Set ``thresholds`` ([39, T], kept as float32 bit for bit), ``flops`` ([T]) and/or the evaluation
+        record (see the class docstring); what is ``None`` is left as it is."""
+        for name, value in (("component_flops", component_flops), ("anytime_classification", anytime_classification),
+                            ("budgeted_batch_classification", budgeted_batch_classification)):
+            if value is not None:
+                buf = getattr(self, name)
+                v = np.asarray(value, dtype=np.float64)
+                if v.size != int(np.prod(buf.shape)):
+                    raise ValueError(f"{name} must have shape {list(buf.shape)}, got {list(v.shape)}")
+                buf.set_value(v.reshape(buf.shape))
         if thresholds is not None:
             t = np.asarray(thresholds.numpy() if isinstance(thresholds, paddle.Tensor) else thresholds)
             if t.shape != tuple(self.thresholds.shape):
