@@ -28,7 +28,7 @@ from typing import Any, ClassVar, Dict, Optional
 
 from ...configs import ConfigBase
 
-__all__ = ["GFNetConfig", "PRESETS", "INTERPOLATIONS", "STEP0_SOURCES", "CASCADE_MAX_STEPS", "N_BUDGETS"]
+__all__ = ["GFNetConfig", "PRESETS", "RELEASED", "INTERPOLATIONS", "STEP0_SOURCES", "CASCADE_MAX_STEPS", "N_BUDGETS"]
 
 INTERPOLATIONS = ("bilinear", "bicubic")
 STEP0_SOURCES = ("fc", "backbone")
@@ -158,6 +158,14 @@ _BACKBONES: Dict[str, Dict[str, Any]] = {
     "efficientnet_b3": dict(feature_num=1536, fmap_channels=1536, policy_conv=True, policy_hidden_dim=256,
                             fc_rnn=False, fc_hidden=None, image_size=300, crop_pct=0.904,
                             dataset_interpolation="bicubic", prime_interpolation="bicubic", step0="backbone"),
+    # new (no upstream counterpart): CondenseNetV2 A/B/C, set up as GFNet sets up MobileNetV3 (conv policy,
+    # H = 256, cascade classifier, step 0 from the backbone's classifier); the evaluation preprocessing of
+    # CondenseNetV2's own weights (bicubic for A/B, bilinear for C)
+    **{name: dict(feature_num=f, fmap_channels=c, policy_conv=True, policy_hidden_dim=256, fc_rnn=False,
+                  fc_hidden=None, image_size=224, crop_pct=0.875, dataset_interpolation=interp,
+                  prime_interpolation="bicubic", step0="backbone")
+       for name, f, c, interp in (("cdnv2_a", 828, 800, "bicubic"), ("cdnv2_b", 1024, 1176, "bicubic"),
+                                  ("cdnv2_c", 1024, 2064, "bilinear"))},
 }
 
 # the released checkpoints: (backbone, P, T)
@@ -169,6 +177,11 @@ _RELEASED = (
     ("efficientnet_b2", 128, 4), ("efficientnet_b3", 128, 4), ("efficientnet_b3", 144, 4),
 )
 
+# Glance-and-Focus CondenseNetV2 (ours): T = 3 as for MobileNetV3; a 3x3 map at P = 96, 4x4 at P = 128
+_CONDENSENETV2 = tuple((b, p, 3) for b in ("cdnv2_a", "cdnv2_b", "cdnv2_c") for p in (96, 128))
+
 PRESETS: Dict[str, GFNetConfig] = {
-    f"{b}_p{p}_t{t}": GFNetConfig(backbone=b, patch_size=p, T=t, **_BACKBONES[b]) for b, p, t in _RELEASED
+    f"{b}_p{p}_t{t}": GFNetConfig(backbone=b, patch_size=p, T=t, **_BACKBONES[b])
+    for b, p, t in _RELEASED + _CONDENSENETV2
 }
+RELEASED = tuple(f"{b}_p{p}_t{t}" for b, p, t in _RELEASED)  # the 14 configurations upstream published

@@ -28,7 +28,9 @@ class GFNetFamily(Family):
     title = "GFNet"
     config_class = GFNetConfig
     presets = {PREFIX + name: cfg for name, cfg in CONFIGS.items()}
-    forms = ("train",)
+    # "converted": both encoders condensed; only GFNets on CondenseNetV2 have it (``converted_gfnet_cdnv2_*``)
+    forms = ("train", "converted")
+    condensable = True
     layouts = ()  # released files are read; writing them back is not done
     torch_container = None
     exportable = False  # data-dependent crops: deployed as the dygraph model
@@ -48,6 +50,35 @@ class GFNetFamily(Family):
     def classifier_of(self, cfg) -> str:
         return "fc"
 
+    def _register_models(self) -> None:
+        from ...registry import CONVERTED, ModelEntry, _register
+        from .backbones import CONDENSABLE
+
+        for name, cfg in self.presets.items():
+            _register(ModelEntry(name, self, name, "train"))
+            if cfg.backbone in CONDENSABLE:
+                _register(ModelEntry(CONVERTED + name, self, name, "converted"))
+
+    def condense(self, model):
+        """Both encoders condensed (``ppcdnv2.condense`` of each); the classifier, policy and budget data as
+        they are. For GFNets on CondenseNetV2 trained until fully condensed."""
+        from ...condense import condense_model
+        from .backbones import CONDENSABLE
+        from .model import GFNet
+
+        if model.cfg.backbone not in CONDENSABLE:
+            raise ValueError(f"a GFNet on {model.cfg.backbone} has one form; only {', '.join(CONDENSABLE)} condense")
+        out = GFNet.from_parts(model.cfg, condense_model(model.model_prime), condense_model(model.model),
+                               form="converted")
+        rest = {k: v for k, v in model.state_dict().items() if not k.startswith(("model_prime.", "model."))}
+        out.set_state_dict(rest)
+        return out.train(model.training)
+
+    def form_of(self, state):
+        """Condensed encoders carry the ``index`` buffers of their condensed layers; nothing else here does."""
+        encoders = ("model_prime.", "model.")
+        return "converted" if any(k.startswith(encoders) and k.endswith(".index") for k in state) else "train"
+
     def count_flops(self, cfg, form="train", input_size=None):
         from ...flops import FlopsReport, LayerCount
 
@@ -57,8 +88,8 @@ class GFNetFamily(Family):
                   (("global encoder", parts["model"]), ("policy", parts["policy"]), ("classifier", parts["fc"]),
                    ("local encoder", parts["model"]), ("backbone head", parts["head"]))]
         executed = {f"up to step {t}": float(v) for t, v in enumerate(steps)}
-        params = float(sum(int(np.prod(p.shape)) for p in self.build(cfg).parameters()))
-        return FlopsReport(name=self.describe(cfg), form="train", input_size=cfg.image_size, flops=float(steps[-1]),
+        params = float(sum(int(np.prod(p.shape)) for p in self.build(cfg, form).parameters()))
+        return FlopsReport(name=self.describe(cfg), form=form, input_size=cfg.image_size, flops=float(steps[-1]),
                            params=params, official_params=params, converted_params=int(params), executed=executed,
                            layers=layers, form_pair=False,
                            counting="conv/linear/GRU multiply-adds of all T steps, as upstream counts",
@@ -137,9 +168,6 @@ class GFNetFamily(Family):
         raise ValueError(f"no released GFNet has {feature_num} features and a {channels}-channel "
                          f"{side2 ** 0.5:g}x{side2 ** 0.5:g} map")
 
-    def form_of(self, state):
-        return "train"
-
     def official_for_reference(self, state: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
         return {k: v for k, v in state.items() if k not in BUFFERS}
 
@@ -153,8 +181,8 @@ class _GFNetBuilder:
     def __call__(self, cfg, form: str = "train", features_only: bool = False):
         if features_only:
             raise ValueError("GFNet has no features_only form; use its backbones (ppcdnv2.families.gfnet.backbones)")
-        model = self.cls(cfg)
-        model.form, model.features_only = "train", False  # what generic code asks of every model
+        model = self.cls(cfg, form=form)
+        model.features_only = False  # what generic code asks of every model
         return model
 
 
@@ -166,9 +194,11 @@ def step_macs(cfg: GFNetConfig) -> Dict[str, float]:
     import paddle
 
     from ...macs import count_macs, gru_macs
-    from .backbones import build_backbone
+    from .backbones import CONDENSABLE, build_backbone
 
-    backbone = build_backbone(cfg.backbone).eval()
+    # as deployed: CondenseNetV2 encoders condensed (the training form's masked convs are not what runs)
+    backbone = build_backbone(cfg.backbone, cfg.num_classes,
+                              "converted" if cfg.backbone in CONDENSABLE else "train").eval()
     model = count_macs(backbone, paddle.zeros([1, 3, cfg.patch_size, cfg.patch_size]))["total"]
     head = count_macs(backbone, paddle.zeros([1, cfg.feature_num]), run=lambda v: backbone.classify(v))["total"]
     h, k = cfg.policy_hidden_dim, cfg.fmap_side

@@ -251,17 +251,19 @@ class GFNet(nn.Layer):
     ``budgeted_batch_classification`` [2, 39] (expected multiply-adds, top-1 % per budget).
 
     ``backbones=(prime, local)`` plugs in any two layers with the backbone interface (``forward(x) ->
-    (vector, feature_map)``, ``classify(vector)``); by default both are ``build_backbone(cfg.backbone)``.
+    (vector, feature_map)``, ``classify(vector)``); by default both are ``build_backbone(cfg.backbone)``,
+    in ``form`` ("converted": both encoders condensed, for the CondenseNetV2 backbones).
     """
 
     def __init__(self, cfg: Union[str, GFNetConfig, Mapping] = "resnet50_p96_t5",
-                 backbones: Optional[Tuple[nn.Layer, nn.Layer]] = None):
+                 backbones: Optional[Tuple[nn.Layer, nn.Layer]] = None, form: str = "train"):
         super().__init__()
         self.cfg = cfg = resolve_config(cfg)
+        self.form = form
         if backbones is None:
             from .backbones import build_backbone
 
-            backbones = (build_backbone(cfg.backbone), build_backbone(cfg.backbone))
+            backbones = tuple(build_backbone(cfg.backbone, cfg.num_classes, form) for _ in range(2))
         prime, local = backbones
         for b in (prime, local):
             for attr, want in (("feature_num", cfg.feature_num), ("fmap_channels", cfg.fmap_channels)):
@@ -280,8 +282,8 @@ class GFNet(nn.Layer):
         self.register_buffer("budgeted_batch_classification", paddle.full([2, N_BUDGETS], float("nan"), "float64"))
 
     @classmethod
-    def from_parts(cls, cfg, prime: nn.Layer, local: nn.Layer) -> "GFNet":
-        return cls(cfg, backbones=(prime, local))
+    def from_parts(cls, cfg, prime: nn.Layer, local: nn.Layer, form: str = "train") -> "GFNet":
+        return cls(cfg, backbones=(prime, local), form=form)
 
     # -- weights and budget data ------------------------------------------------------------------
     def set_budget_data(self, thresholds=None, flops=None, component_flops=None, anytime_classification=None,

@@ -19,12 +19,20 @@ _MODULES = {
     "mobilenetv3_large_100": "mobilenetv3", "mobilenetv3_large_125": "mobilenetv3",
     "efficientnet_b2": "efficientnet", "efficientnet_b3": "efficientnet",
     "regnety_600m": "regnet", "regnety_800m": "regnet", "regnety_1.6g": "regnet",
+    "cdnv2_a": "condensenetv2", "cdnv2_b": "condensenetv2", "cdnv2_c": "condensenetv2",
 }
 BACKBONES = tuple(_MODULES)
+CONDENSABLE = ("cdnv2_a", "cdnv2_b", "cdnv2_c")  # backbones with a training and a condensed form
 
 
-def build_backbone(name: str):
-    """The Paddle backbone ``name`` (one of :data:`BACKBONES`), randomly initialised."""
+def build_backbone(name: str, num_classes: int = 1000, form: str = "train"):
+    """The Paddle backbone ``name`` (one of :data:`BACKBONES`) with a ``num_classes`` head, randomly
+    initialised; ``form="converted"`` (condensed) for the :data:`CONDENSABLE` ones."""
     if name not in _MODULES:
         raise KeyError(f"unknown GFNet backbone {name!r}; known: {', '.join(BACKBONES)}")
-    return import_module(f".{_MODULES[name]}", __name__).build(name)
+    module = import_module(f".{_MODULES[name]}", __name__)
+    if name in CONDENSABLE:
+        return module.build(name, num_classes, form=form)
+    if form != "train":
+        raise ValueError(f"the {name} backbone has one form; only {', '.join(CONDENSABLE)} condense")
+    return module.build(name, num_classes)

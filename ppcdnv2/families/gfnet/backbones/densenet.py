@@ -85,7 +85,7 @@ class DenseNet(nn.Layer):
         return self.classifier(vector)
 
 
-def build(name: str) -> DenseNet:
+def build(name: str, num_classes: int = 1000) -> DenseNet:
     if name not in CONFIGS:
         raise KeyError(f"unknown GFNet DenseNet {name!r}; known: {', '.join(CONFIGS)}")
-    return DenseNet(CONFIGS[name])
+    return DenseNet(CONFIGS[name], num_classes=num_classes)

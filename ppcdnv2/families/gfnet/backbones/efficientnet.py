@@ -77,5 +77,5 @@ class EfficientNet(nn.Layer):
         return self.classifier(vector)
 
 
-def build(name: str) -> EfficientNet:
-    return EfficientNet(name)
+def build(name: str, num_classes: int = 1000) -> EfficientNet:
+    return EfficientNet(name, num_classes)

@@ -77,5 +77,5 @@ class MobileNetV3(nn.Layer):
         return self.classifier(vector)
 
 
-def build(name: str) -> MobileNetV3:
-    return MobileNetV3(name)
+def build(name: str, num_classes: int = 1000) -> MobileNetV3:
+    return MobileNetV3(name, num_classes)

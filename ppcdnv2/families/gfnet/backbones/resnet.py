@@ -79,7 +79,7 @@ class ResNet(nn.Layer):
         return self.fc(vector)
 
 
-def build(name: str = "resnet50") -> ResNet:
+def build(name: str = "resnet50", num_classes: int = 1000) -> ResNet:
     if name not in _DEPTHS:
         raise KeyError(f"unknown GFNet ResNet {name!r}; known: {', '.join(_DEPTHS)}")
-    return ResNet(_DEPTHS[name])
+    return ResNet(_DEPTHS[name], num_classes)
