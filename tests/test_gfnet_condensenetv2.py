@@ -97,3 +97,24 @@ def test_step_macs_count_the_condensed_encoders():
     policy = 800 * 32 * 9 + 32 * 9 * 256 + 3 * (256 * 256 * 2) + 256 * 2
     assert steps[1] - steps[0] == policy + backbone + 2 * 828 * 1000
     assert steps[2] - steps[1] == policy + backbone + 3 * 828 * 1000
+
+
+def test_a_small_condensenetv2_through_backbone_arch():
+    """A custom (e.g. demo-sized) CondenseNetV2: the widths follow from its architecture, the config survives
+    a dict (YAML) round trip, and what cannot work is refused by name."""
+    from ppcdnv2.families.gfnet import PRESETS, GFNetConfig
+
+    arch = {"stages": [1, 1, 2, 2, 2], "growth": [8, 8, 16, 16, 32], "fc_channel": 64}
+    cfg = PRESETS["cdnv2_a_p96_t3"].replace(backbone_arch=arch, num_classes=10, image_size=128, patch_size=64)
+    assert (cfg.feature_num, cfg.fmap_channels) == (64, 2 * 8 + 8 + 8 + 32 + 32 + 64)
+    assert GFNetConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["backbone_arch"] == arch
+    model = ppcdnv2.get_family("gfnet").build(cfg).eval()
+    with paddle.no_grad():
+        r = model.glance_and_focus(paddle.rand([2, 3, 128, 128]))
+    assert r.logits.shape == [3, 2, 10] and r.fmaps[0].shape == [2, cfg.fmap_channels, 2, 2]
+    with pytest.raises(ValueError, match="divisible by 32"):
+        cfg.replace(patch_size=48)
+    with pytest.raises(ValueError, match="backbone_arch is for the CondenseNetV2"):
+        PRESETS["resnet50_p96_t5"].replace(backbone_arch={"stages": [1]})
+    with pytest.raises(ValueError, match="unknown CondenseNetV2 config field"):
+        cfg.replace(backbone_arch={"stagez": [1]})

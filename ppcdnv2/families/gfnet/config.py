@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import ceil
-from typing import Any, ClassVar, Dict, Optional
+from typing import Any, ClassVar, Dict, Mapping, Optional
 
 from ...configs import ConfigBase
 
@@ -62,10 +62,14 @@ class GFNetConfig(ConfigBase):
     num_classes: int = 1000
     crop_pct: float = 0.875
     dataset_interpolation: str = "bilinear"
+    # CondenseNetV2 backbones only: fields changed from the cdnv2_* preset (e.g. a small one for a demo);
+    # feature_num and fmap_channels then follow from it
+    backbone_arch: Optional[Mapping[str, Any]] = None
 
     family_title: ClassVar[str] = "GFNet"
 
     def __post_init__(self) -> None:
+        self._resolve_backbone_arch()
         for name in ("patch_size", "T", "image_size", "feature_num", "fmap_channels", "policy_hidden_dim",
                      "num_classes"):
             v = getattr(self, name)
@@ -97,6 +101,41 @@ class GFNetConfig(ConfigBase):
             raise ValueError(f"state_dim must be fmap_channels * ceil(P/32)^2 = {expected}, got {self.state_dim}")
         if not 0.0 < float(self.crop_pct) <= 1.0:
             raise ValueError(f"crop_pct must be in (0, 1], got {self.crop_pct}")
+
+    def _resolve_backbone_arch(self) -> None:
+        """``backbone_arch`` kept hashable (sorted pairs, lists as tuples); for a CondenseNetV2 backbone the
+        widths are derived from its configuration, so a changed architecture cannot disagree with them."""
+        arch = self.backbone_arch
+        if arch is not None and not isinstance(arch, tuple):
+            if not isinstance(arch, Mapping):
+                raise ValueError(f"backbone_arch must be a mapping of CondenseNetV2 fields, got {arch!r}")
+            arch = tuple(sorted((str(k), tuple(v) if isinstance(v, list) else v) for k, v in arch.items()))
+            object.__setattr__(self, "backbone_arch", arch or None)
+        if not self.backbone.startswith("cdnv2_"):
+            if self.backbone_arch:
+                raise ValueError(f"backbone_arch is for the CondenseNetV2 backbones, not {self.backbone!r}")
+            return
+        from ..condensenet.config import V2_PRESETS
+
+        if self.backbone not in V2_PRESETS:
+            raise ValueError(f"unknown CondenseNetV2 backbone {self.backbone!r}; known: {', '.join(V2_PRESETS)}")
+        if self.patch_size % 32:  # its 2x2 average-pool transitions floor: ceil(P / 32) only when P divides
+            raise ValueError(f"a CondenseNetV2 encoder needs a patch size divisible by 32, got {self.patch_size}")
+        cdnv2 = self.backbone_config()
+        object.__setattr__(self, "feature_num", cdnv2.fc_channel)
+        object.__setattr__(self, "fmap_channels", cdnv2.num_features)
+
+    def backbone_config(self):
+        """The CondenseNetV2 configuration of a ``cdnv2_*`` backbone (its preset with ``backbone_arch``)."""
+        from ..condensenet.config import V2_PRESETS
+
+        return V2_PRESETS[self.backbone].replace(num_classes=self.num_classes, **dict(self.backbone_arch or ()))
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = super().to_dict()
+        if self.backbone_arch is not None:
+            d["backbone_arch"] = {k: list(v) if isinstance(v, tuple) else v for k, v in self.backbone_arch}
+        return d
 
     # -- derived ----------------------------------------------------------------------------------
     @property

@@ -197,8 +197,8 @@ def step_macs(cfg: GFNetConfig) -> Dict[str, float]:
     from .backbones import CONDENSABLE, build_backbone
 
     # as deployed: CondenseNetV2 encoders condensed (the training form's masked convs are not what runs)
-    backbone = build_backbone(cfg.backbone, cfg.num_classes,
-                              "converted" if cfg.backbone in CONDENSABLE else "train").eval()
+    backbone = build_backbone(cfg.backbone, cfg.num_classes, "converted" if cfg.backbone in CONDENSABLE else "train",
+                              cfg.backbone_arch).eval()
     model = count_macs(backbone, paddle.zeros([1, 3, cfg.patch_size, cfg.patch_size]))["total"]
     head = count_macs(backbone, paddle.zeros([1, cfg.feature_num]), run=lambda v: backbone.classify(v))["total"]
     h, k = cfg.policy_hidden_dim, cfg.fmap_side

@@ -263,7 +263,7 @@ class GFNet(nn.Layer):
         if backbones is None:
             from .backbones import build_backbone
 
-            backbones = tuple(build_backbone(cfg.backbone, cfg.num_classes, form) for _ in range(2))
+            backbones = tuple(build_backbone(cfg.backbone, cfg.num_classes, form, cfg.backbone_arch) for _ in range(2))
         prime, local = backbones
         for b in (prime, local):
             for attr, want in (("feature_num", cfg.feature_num), ("fmap_channels", cfg.fmap_channels)):

@@ -25,14 +25,16 @@ BACKBONES = tuple(_MODULES)
 CONDENSABLE = ("cdnv2_a", "cdnv2_b", "cdnv2_c")  # backbones with a training and a condensed form
 
 
-def build_backbone(name: str, num_classes: int = 1000, form: str = "train"):
+def build_backbone(name: str, num_classes: int = 1000, form: str = "train", arch=None):
     """The Paddle backbone ``name`` (one of :data:`BACKBONES`) with a ``num_classes`` head, randomly
-    initialised; ``form="converted"`` (condensed) for the :data:`CONDENSABLE` ones."""
+    initialised; ``form="converted"`` (condensed) and ``arch`` (fields changed from the preset) for the
+    :data:`CONDENSABLE` ones."""
     if name not in _MODULES:
         raise KeyError(f"unknown GFNet backbone {name!r}; known: {', '.join(BACKBONES)}")
     module = import_module(f".{_MODULES[name]}", __name__)
     if name in CONDENSABLE:
-        return module.build(name, num_classes, form=form)
-    if form != "train":
-        raise ValueError(f"the {name} backbone has one form; only {', '.join(CONDENSABLE)} condense")
+        return module.build(name, num_classes, form=form, arch=arch)
+    if form != "train" or arch:
+        raise ValueError(f"the {name} backbone has one form and one architecture; only {', '.join(CONDENSABLE)} "
+                         f"condense or take backbone_arch")
     return module.build(name, num_classes)

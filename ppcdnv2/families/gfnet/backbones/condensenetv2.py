@@ -41,9 +41,10 @@ class GFCondenseNetV2(CondenseNetV2):
         return self.classifier(vector)
 
 
-def build(name: str, num_classes: int = 1000, form: str = "train") -> GFCondenseNetV2:
+def build(name: str, num_classes: int = 1000, form: str = "train", arch=None) -> GFCondenseNetV2:
+    """``name``'s preset with ``num_classes`` and the fields of ``arch`` (a mapping or pairs) changed."""
     from ....registry import preset
 
     if name not in NAMES:
         raise KeyError(f"unknown GFNet CondenseNetV2 {name!r}; known: {', '.join(NAMES)}")
-    return GFCondenseNetV2(preset(name, num_classes=num_classes), form=form)
+    return GFCondenseNetV2(preset(name, num_classes=num_classes, **dict(arch or ())), form=form)
