@@ -111,6 +111,27 @@ def topk(logits: np.ndarray, k: int = 5, labels: Optional[Sequence[str]] = None)
             for row, idx in zip(probs, order)]
 
 
+def image_batches(paths: Sequence[Path], transform, batch_size: int, on_error=None, bar=None
+                  ) -> Iterator[Tuple[List[Path], np.ndarray]]:
+    """``(paths, preprocessed batch)`` of the readable images, ``batch_size`` files at a time. An unreadable
+    file goes to ``on_error(path, message)`` (and counts on ``bar``) and is left out; without ``on_error`` it
+    raises ``ValueError``. The caller counts the returned images on ``bar``."""
+    for start in range(0, len(paths), batch_size):
+        chunk, arrays = [], []
+        for p in paths[start:start + batch_size]:
+            try:
+                arrays.append(load_image(p, transform))
+                chunk.append(p)
+            except ValueError as e:
+                if on_error is None:
+                    raise
+                on_error(p, str(e))
+                if bar is not None:
+                    bar.update(1)
+        if chunk:
+            yield chunk, np.stack(arrays)
+
+
 def classify(predictor, images: Iterable, k: int = 5, batch_size: int = 8, labels=None,
              preprocess=None, progress: bool = False, backend: Optional[str] = None,
              on_error=None) -> List[Prediction]:
@@ -132,21 +153,7 @@ def classify(predictor, images: Iterable, k: int = 5, batch_size: int = 8, label
 
         bar = tqdm(total=len(paths), unit="img", desc="classify")
     results = []
-    for start in range(0, len(paths), batch_size):
-        chunk, arrays = [], []
-        for p in paths[start:start + batch_size]:
-            try:
-                arrays.append(load_image(p, transform))
-                chunk.append(p)
-            except ValueError as e:
-                if on_error is None:
-                    raise
-                on_error(p, str(e))
-        if bar is not None and len(chunk) < len(paths[start:start + batch_size]):
-            bar.update(len(paths[start:start + batch_size]) - len(chunk))
-        if not chunk:
-            continue
-        x = np.stack(arrays)
+    for chunk, x in image_batches(paths, transform, batch_size, on_error, bar):
         logits = predictor(x)
         if labels is not None and len(labels) != logits.shape[1]:
             raise ValueError(f"{len(labels)} labels given but the model has {logits.shape[1]} classes")

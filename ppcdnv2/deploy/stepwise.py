@@ -13,7 +13,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .classify import eval_transform, iter_images, load_image, load_labels, topk
+from .classify import eval_transform, image_batches, iter_images, load_labels, topk
 
 
 @dataclass
@@ -68,21 +68,8 @@ def classify_stepwise(model, images, k: int = 5, batch_size: int = 8, budget: Op
 
         bar = tqdm(total=len(paths), unit="img", desc="classify")
     out: List[StepwisePrediction] = []
-    for start in range(0, len(paths), batch_size):
-        chunk, arrays = [], []
-        for p in paths[start:start + batch_size]:
-            try:
-                arrays.append(load_image(p, transform))
-                chunk.append(p)
-            except ValueError as e:
-                if on_error is None:
-                    raise
-                on_error(p, str(e))
-        if bar is not None:
-            bar.update(len(paths[start:start + batch_size]))
-        if not chunk:
-            continue
-        x = paddle.to_tensor(np.stack(arrays))
+    for chunk, batch in image_batches(paths, transform, batch_size, on_error, bar):
+        x = paddle.to_tensor(batch)
         r = model.predict(x, budget=budget)
         glances = get_prime(x, cfg.patch_size, cfg.prime_interpolation).numpy() if draw_dir else None
         tops = topk(r.logits, k, labels)
@@ -94,11 +81,13 @@ def classify_stepwise(model, images, k: int = 5, batch_size: int = 8, budget: Op
             if draw_dir:
                 _, name, prob = tops[i][0]
                 target = Path(draw_dir) / f"{Path(p).stem}_gfnet.png"
-                save_glance_focus(target, display_image(arrays[i], pre.mean, pre.std),
+                save_glance_focus(target, display_image(batch[i], pre.mean, pre.std),
                                   display_image(glances[i], pre.mean, pre.std), r.coords[i], cfg.patch_size,
                                   cfg.T, exit_step, f"{Path(p).name}: {name} ({prob:.3f})", mmacs)
                 pred.picture = str(target)
             out.append(pred)
+        if bar is not None:
+            bar.update(len(chunk))
     if bar is not None:
         bar.close()
     return out
