@@ -13,8 +13,9 @@ Two parts:
 
 Numerics (geffnet, non-TF): symmetric padding ``((stride - 1) + (k - 1)) // 2``, convs without bias except
 the SE convs, BatchNorm eps 1e-5 (Paddle momentum 0.9 = torch 0.1), ``hard_swish(x) = x * relu6(x + 3) / 6``,
-``hard_sigmoid(x) = relu6(x + 3) / 6``, ``swish(x) = x * sigmoid(x)``. Drop-connect only acts in training
-upstream; here it is not implemented (inference port), so the residual is a plain sum.
+``hard_sigmoid(x) = relu6(x + 3) / 6``, ``swish(x) = x * sigmoid(x)``. Drop-connect (upstream: per-image
+zeroing of a residual branch, training mode only) is off by default (``drop_connect_rate = 0``: inference is
+a plain sum); GFNet training switches it on with :func:`set_drop_connect`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from paddle import nn
 
 __all__ = ["make_divisible", "round_channels", "StageRow", "SEPolicy", "BlockSpec", "expand_stages",
            "conv_padding", "activation", "batch_norm", "conv2d", "SqueezeExcite", "ConvBnAct",
-           "DepthwiseSeparableConv", "InvertedResidual", "build_blocks", "init_goog_"]
+           "DepthwiseSeparableConv", "InvertedResidual", "build_blocks", "init_goog_", "drop_connect",
+           "set_drop_connect"]
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.9  # Paddle convention (running = m * running + (1 - m) * batch) = torch momentum 0.1
@@ -207,6 +209,22 @@ def _se(spec: BlockSpec, ch: int) -> nn.Layer:
     return SqueezeExcite(ch, spec.se_ch, spec.se_act, spec.se_gate) if spec.se_ch else nn.Identity()
 
 
+def drop_connect(y: paddle.Tensor, rate: float) -> paddle.Tensor:
+    """Upstream's drop-connect: each image's branch kept with probability ``1 - rate`` (then scaled by
+    ``1 / (1 - rate)``) or zeroed, the mask ``floor(keep + U[0, 1))`` drawn from Paddle's generator."""
+    keep = 1.0 - float(rate)
+    mask = paddle.floor(keep + paddle.rand([y.shape[0], 1, 1, 1], dtype=y.dtype))
+    return y / keep * mask
+
+
+def _residual(block: nn.Layer, y: paddle.Tensor, x: paddle.Tensor) -> paddle.Tensor:
+    if not block.has_residual:
+        return y
+    if block.training and block.drop_connect_rate > 0.0:
+        y = drop_connect(y, block.drop_connect_rate)
+    return y + x
+
+
 class ConvBnAct(nn.Layer):
     def __init__(self, spec: BlockSpec):
         super().__init__()
@@ -232,10 +250,12 @@ class DepthwiseSeparableConv(nn.Layer):
         self.conv_pw = conv2d(c, spec.out_ch, 1)
         self.bn2 = batch_norm(spec.out_ch)
 
+    drop_connect_rate = 0.0  # set by set_drop_connect for training
+
     def forward(self, x):
         y = self.act1(self.bn1(self.conv_dw(x)))
         y = self.bn2(self.conv_pw(self.se(y)))
-        return y + x if self.has_residual else y
+        return _residual(self, y, x)
 
 
 class InvertedResidual(nn.Layer):
@@ -255,11 +275,13 @@ class InvertedResidual(nn.Layer):
         self.conv_pwl = conv2d(m, spec.out_ch, 1)
         self.bn3 = batch_norm(spec.out_ch)
 
+    drop_connect_rate = 0.0  # set by set_drop_connect for training
+
     def forward(self, x):
         y = self.act1(self.bn1(self.conv_pw(x)))
         y = self.act2(self.bn2(self.conv_dw(y)))
         y = self.bn3(self.conv_pwl(self.se(y)))
-        return y + x if self.has_residual else y
+        return _residual(self, y, x)
 
 
 _BLOCKS = {"ds": DepthwiseSeparableConv, "ir": InvertedResidual, "cn": ConvBnAct}
@@ -268,6 +290,15 @@ _BLOCKS = {"ds": DepthwiseSeparableConv, "ir": InvertedResidual, "cn": ConvBnAct
 def build_blocks(stages: Sequence[Sequence[BlockSpec]]) -> nn.Sequential:
     """``blocks.<stage>.<block>`` as upstream nests them."""
     return nn.Sequential(*[nn.Sequential(*[_BLOCKS[b.kind](b) for b in stage]) for stage in stages])
+
+
+def set_drop_connect(blocks: nn.Sequential, rate: float) -> None:
+    """Upstream's schedule (``EfficientNetBuilder``): block ``i`` of ``n`` (all stages, counted in order, the
+    final conv-bn-act block included) drops with ``rate * i / n``; only residual blocks use it."""
+    flat = [b for stage in blocks for b in stage]
+    for i, b in enumerate(flat):
+        if isinstance(b, (DepthwiseSeparableConv, InvertedResidual)):
+            b.drop_connect_rate = float(rate) * i / len(flat)
 
 
 @paddle.no_grad()
