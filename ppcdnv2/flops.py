@@ -107,8 +107,8 @@ def count_flops(model: Union[str, Any], form: Optional[str] = None, input_size: 
     else:
         family, cfg, name = family_of(model), getattr(model, "cfg", model), None
         form = form or getattr(model, "form", "train")
-    if form not in family.forms:
-        raise ValueError(f"form must be one of {family.forms}, got {form!r}")
+    if form not in family.forms_of(cfg):
+        raise ValueError(f"form must be one of {family.forms_of(cfg)}, got {form!r}")
     report = family.count_flops(cfg, form, input_size)
     if name:
         report.name = name

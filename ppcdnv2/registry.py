@@ -195,11 +195,16 @@ class Family:
                             f"got {type(cfg).__name__}")
         return cfg.replace(**overrides) if overrides else cfg
 
+    def forms_of(self, cfg) -> Tuple[str, ...]:
+        """The forms ``cfg`` has (the family's; a family whose configurations differ narrows it per config)."""
+        return self.forms
+
     def build(self, cfg, form: str = "train", features_only: bool = False, **overrides):
         """The Paddle model of any configuration (see :meth:`config`) in ``form``."""
-        if form not in self.forms:
-            raise ValueError(f"{self.title} has the form(s) {', '.join(self.forms)}, not {form!r}")
-        return self.model_class()(self.config(cfg, **overrides), form=form, features_only=features_only)
+        cfg = self.config(cfg, **overrides)
+        if form not in self.forms_of(cfg):
+            raise ValueError(f"{self.describe(cfg)} has the form(s) {', '.join(self.forms_of(cfg))}, not {form!r}")
+        return self.model_class()(cfg, form=form, features_only=features_only)
 
     def model_name(self, cfg, form: str) -> Optional[str]:
         """The ``create_model`` name that builds exactly this, if any."""
@@ -334,7 +339,7 @@ class Family:
             cfg = self._classes_from_weights(cfg, state, layout, form, notes)
         else:
             cfg, label, source = self._decide(state, layout, form, args, notes, where)
-        what = f"{label} ({form} form)" if len(self.forms) > 1 else label
+        what = f"{label} ({form} form)" if len(self.forms_of(cfg)) > 1 else label
         check_shapes(self.expected_shapes(cfg, form, layout), state, what, where)
         return Detection(self, cfg, form, label, source, notes)
 
@@ -384,9 +389,9 @@ class Family:
 
     # --- registration ----------------------------------------------------------------------
     def _register_models(self) -> None:
-        for name in self.presets:
+        for name, cfg in self.presets.items():
             _register(ModelEntry(name, self, name, "train"))
-            if "converted" in self.forms:
+            if "converted" in self.forms_of(cfg):
                 _register(ModelEntry(CONVERTED + name, self, name, "converted"))
 
 

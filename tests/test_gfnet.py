@@ -89,8 +89,7 @@ def _write_released(name, path):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", QUICK_OR_SLOW)
 def test_released_file_converts_without_torch(name, tmp_path):
     pytest.importorskip("torch")  # only to write the released-format file
     src = tmp_path / f"{name}.pth.tar"

@@ -52,9 +52,9 @@ def test_every_family_is_registered_with_its_models():
     assert {"condensenetv2", "condensenet", "rexnet"} <= set(fams)
     for fam in fams.values():
         assert fam.presets, fam.name
-        for preset in fam.presets:
+        for preset, cfg in fam.presets.items():
             assert model_entry(preset).family is fam
-            assert (CONVERTED + preset in NAMES) == ("converted" in fam.forms)
+            assert (CONVERTED + preset in NAMES) == ("converted" in fam.forms_of(cfg))
         for alias, target in fam.aliases.items():
             assert model_entry(alias).preset == target and alias not in NAMES
 

@@ -230,8 +230,9 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
     if weights == "ema" and key in ("state_dict", "model") and det.form == "train":
         det.notes.append(f"no EMA weights in {src.name}; used its {key!r}")
     _log_read(log, src, key, det)
-    if form not in spec.forms:
-        form = spec.forms[0]  # a one-form family: its only form, whatever --form says
+    forms = spec.forms_of(det.cfg)
+    if form not in forms:
+        form = forms[0]  # a one-form model: its only form, whatever --form says
     if det.form == "converted" and form == "train":
         raise WeightsError(f"{src}: holds the converted (condensed) form, which cannot become a training-form "
                            f"model again; use --form converted")
@@ -256,7 +257,7 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
                                        tol, str(dst), log)
 
     atomic_write(dst, write)
-    what = f"{form} form, " if len(spec.forms) > 1 else ""
+    what = f"{form} form, " if len(forms) > 1 else ""
     _log(log, f"wrote {dst}: {what}{len(out)} tensors{f', {layout} layout' if layout != 'ours' else ''}")
     return result
 
@@ -264,7 +265,7 @@ def convert_torch_checkpoint(src, dst, arch: Optional[str] = None, form: str = "
 def _log_read(log, src, key, det: Detection):
     what = f"{key!r}, " if key else ""
     what += f"{det.layout} layout, " if det.layout not in ("official", "ours") else ""
-    what += f"{det.form} form, " if len(det.family.forms) > 1 else ""
+    what += f"{det.form} form, " if len(det.family.forms_of(det.cfg)) > 1 else ""
     _log(log, f"read {src}: {what}{det.label} [{det.source}]")
     for note in det.notes:
         _log(log, f"note: {note}")
@@ -330,7 +331,7 @@ def export_torch_checkpoint(src, dst, arch: Optional[str] = None, layout: str = 
                 result.max_diff = _compare(ref, _paddle_logits(model, x), tol, str(dst), log)
 
     atomic_write(dst, write)
-    what = f"{det.form} form " if len(spec.forms) > 1 else ""
+    what = f"{det.form} form " if len(spec.forms_of(det.cfg)) > 1 else ""
     _log(log, f"wrote {dst}: {what}in the {layout} torch layout, {len(out)} tensors")
     return result
 

@@ -49,8 +49,9 @@ def model_config(model_cfg: Mapping[str, Any], num_classes: Optional[int] = None
 
 def _build(cfg, form: str):
     family = family_of(cfg)
-    if form not in family.forms:
-        raise ConfigError(f"model: {family.title} has the form(s) {', '.join(family.forms)}, not {form!r}")
+    if form not in family.forms_of(cfg):
+        raise ConfigError(f"model: {family.describe(cfg)} has the form(s) {', '.join(family.forms_of(cfg))}, "
+                          f"not {form!r}")
     try:
         return family.build(cfg, form=form)
     except ValueError as e:  # e.g. channels not divisible by the groups

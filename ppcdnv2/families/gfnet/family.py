@@ -50,14 +50,10 @@ class GFNetFamily(Family):
     def classifier_of(self, cfg) -> str:
         return "fc"
 
-    def _register_models(self) -> None:
-        from ...registry import CONVERTED, ModelEntry, _register
+    def forms_of(self, cfg):
         from .backbones import CONDENSABLE
 
-        for name, cfg in self.presets.items():
-            _register(ModelEntry(name, self, name, "train"))
-            if cfg.backbone in CONDENSABLE:
-                _register(ModelEntry(CONVERTED + name, self, name, "converted"))
+        return self.forms if cfg.backbone in CONDENSABLE else ("train",)
 
     def condense(self, model):
         """Both encoders condensed (``ppcdnv2.condense`` of each); the classifier, policy and budget data as
