@@ -3,21 +3,23 @@
 Each notebook is executed with nbclient in a fresh kernel of *this* Python (a kernel spec written for
 ``sys.executable``, whatever ``jupyter kernelspec list`` says ``python3`` is), from the notebooks' folder, in
 small mode (``PPCDNV2_NOTEBOOK_SMALL=1``) and without installing anything (``PPCDNV2_NOTEBOOK_SKIP_INSTALL=1``).
-A notebook that reads checkpoints (it mentions ``PPCDNV2_CHECKPOINT``) runs three times:
+A notebook that reads checkpoints (it mentions one of the variables of ``CHECKPOINTS``) runs three times:
 
 * ``fixtures``: the official-format fixtures are its checkpoints (``PPCDNV2_CHECKPOINT``,
-  ``PPCDNV2_REXNET_CHECKPOINT``);
-* ``fresh``: a fresh machine where nothing was downloaded (both variables point at files that do not exist), so
-  the notebook writes and converts its random-weights stand-ins with PyTorch;
+  ``PPCDNV2_REXNET_CHECKPOINT``; ``PPCDNV2_GFNET_CHECKPOINT``, a released-format GFNet file written by the
+  fixture's own writer, which needs PyTorch);
+* ``fresh``: a fresh machine where nothing was downloaded (the variables point at files that do not exist), so
+  the notebook makes and uses its random-weights stand-ins;
 * ``minimal``: the same on a machine with the requirements only (PyTorch, paddle2onnx and onnxruntime fail to
-  import), where the notebook skips what needs a checkpoint and still runs the rest.
+  import), where the notebook skips what needs a checkpoint or PyTorch and still runs the rest.
 
 Any cell error fails the test with the cell and its traceback. The runs work on in-memory copies with the
 outputs cleared: the committed files are never written. A copy of the quickstart with a deliberately broken
 cell shows that the runner does fail.
 
-The committed notebooks carry the outputs of a ``fresh`` run in small mode, which a reader sees on GitHub or AI
-Studio; write them again with ``python tests/test_notebooks.py --write`` from the repository root.
+What each run must show is checked per notebook (``CHECKS``). The committed notebooks carry the outputs of a
+``fresh`` run in small mode, which a reader sees on GitHub or AI Studio; write them again with
+``python tests/test_notebooks.py --write`` from the repository root.
 """
 import copy
 import hashlib
@@ -25,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -47,6 +50,9 @@ CHECKPOINTS = {
     "PPCDNV2_CHECKPOINT": ((FIXTURES / "official" / "cdnv2_a_s0_converted.pth.tar").resolve(),
                            "work/cdnv2_a_converted.pth.tar"),
     "PPCDNV2_REXNET_CHECKPOINT": ((FIXTURES / "rexnet" / "rexnet_1.0x_s0.pth").resolve(), "work/rexnetv1_1.0x.pth"),
+    # not a file: the fixture's description, written as a released checkpoint when a run needs it (gfnet_fixture)
+    "PPCDNV2_GFNET_CHECKPOINT": ((FIXTURES / "gfnet" / "regnety_600m_p96_t5_s0.json").resolve(),
+                                 "work/gfnet_regnety_600m_p96_t5.pth.tar"),
 }
 KERNEL_NAME = "python3"
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": KERNEL_NAME}
@@ -54,8 +60,14 @@ CELL_TIMEOUT = 900  # seconds per cell; the slowest (a short training, an ONNX e
 VERIFIED = "verify: max |torch reference - paddle|"  # the converter's parity line (verify=True)
 
 
+def checkpoint_vars(path: Path) -> list:
+    """The variables of ``CHECKPOINTS`` the notebook reads (mentions)."""
+    text = path.read_text()
+    return [var for var in CHECKPOINTS if var in text]
+
+
 def reads_checkpoints(path: Path) -> bool:
-    return "PPCDNV2_CHECKPOINT" in path.read_text()
+    return bool(checkpoint_vars(path))
 
 
 RUNS = [pytest.param(p, mode, id=f"{p.name}-{mode}")
@@ -63,12 +75,27 @@ RUNS = [pytest.param(p, mode, id=f"{p.name}-{mode}")
         for mode in (("fixtures", "fresh", "minimal") if reads_checkpoints(p) else ("plain",))]
 
 
-def fixture_env() -> dict:
+def gfnet_fixture(description: Path, target: Path) -> Path:
+    """The GFNet fixture as a released checkpoint (legacy torch format), by the fixtures' own writer."""
+    pytest.importorskip("torch", reason="the GFNet fixture is written with PyTorch")
+    script = description.parent / "write_checkpoint.py"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    p = subprocess.run([sys.executable, str(script), str(description), str(target)], capture_output=True,
+                       text=True, cwd=script.parent, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return target
+
+
+def fixture_env(path: Path, tmp_path: Path) -> dict:
+    """The fixtures as the checkpoints ``path`` reads."""
     env = {}
-    for var, (fixture, _) in CHECKPOINTS.items():
+    for var in checkpoint_vars(path):
+        fixture, default = CHECKPOINTS[var]
         if not fixture.is_file():  # CI always has them: a missing fixture is an error, not a skip
-            pytest.fail(f"fixture not found: {fixture} (the quickstart converts it; expected in "
+            pytest.fail(f"fixture not found: {fixture} (the notebook converts it; expected in "
                         f"../shared/fixtures/ beside the repository)")
+        if fixture.suffix == ".json":
+            fixture = gfnet_fixture(fixture, tmp_path / "fixtures" / Path(default).name)
         env[var] = str(fixture)
     return env
 
@@ -152,7 +179,7 @@ def test_notebook_runs(path, mode, tmp_path):
     before = hashlib.sha256(path.read_bytes()).hexdigest()
     nb = nbformat.read(path, as_version=4)
     if mode == "fixtures":
-        checkpoints = fixture_env()
+        checkpoints = fixture_env(path, tmp_path)
     elif mode in ("fresh", "minimal"):  # nothing downloaded: point where no file is (work/ may hold real ones)
         checkpoints = {var: str(tmp_path / "not-downloaded" / Path(default).name)
                        for var, (_, default) in CHECKPOINTS.items()}
@@ -172,17 +199,42 @@ def test_notebook_runs(path, mode, tmp_path):
     text = text_of(nb)
     if mode == "fixtures":
         assert "RANDOM" not in text and "not found" not in text, "the fixtures were not used"
-    elif mode == "fresh":
+    CHECKS.get(path.name, lambda *_: None)(mode, text, code)
+
+
+def shows_image(code) -> bool:
+    return any("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+
+
+def check_quickstart(mode: str, text: str, code) -> None:
+    if mode == "fresh":
         for stand_in in ("random_cdnv2_a_converted.pth.tar", "random_rexnetv1_1.0x.pth"):
             assert f"Wrote work/{stand_in} instead" in text, f"no random-weights stand-in {stand_in} written"
     elif mode == "minimal":
         assert "torch not installed" in text and text.count("PyTorch is not installed, so no stand-in") == 2
         assert "Wrote work/random" not in text and VERIFIED not in text
         assert "ONNX export skipped" in text
-        assert "curves.png" in "".join(c.source for c in code) and any(
-            "image/png" in o.get("data", {}) for c in code for o in c.outputs), "the training part did not run"
+        assert "curves.png" in "".join(c.source for c in code) and shows_image(code), "the training part did not run"
     if mode in ("fixtures", "fresh") and have_torch():  # both conversions verified against the torch references
         assert text.count(VERIFIED) == 2, text
+
+
+def check_gfnet(mode: str, text: str, code) -> None:
+    """The released-format fixture converted (verified with PyTorch) and its stored thresholds used; else the
+    Paddle stand-in, which needs no PyTorch, in both fresh and minimal mode. Every part runs in every mode."""
+    if mode == "fixtures":
+        assert "the thresholds stored in the weights" in text and "weights' record" in text, text
+        assert text.count(VERIFIED) == (1 if have_torch() else 0), text
+    else:
+        assert "Wrote work/random_gfnet_regnety_600m_p96_t5.pdparams instead" in text, "no stand-in written"
+        assert VERIFIED not in text
+    if mode == "minimal":
+        assert "torch not installed" in text
+    assert "anytime classification" in text and "budgeted batch classification" in text
+    assert "gfnet_budget.png" in "".join(c.source for c in code) and shows_image(code), "no budget plot shown"
+
+
+CHECKS = {"quickstart.ipynb": check_quickstart, "gfnet.ipynb": check_gfnet}  # what a run must show, per notebook
 
 
 def test_runner_fails_on_a_broken_cell(tmp_path):
@@ -201,7 +253,8 @@ def test_runner_fails_on_a_broken_cell(tmp_path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_committed_with_outputs(path):
-    """Committed as run top to bottom: counts 1, 2, 3, ... in order, no errors, the training curves shown."""
+    """Committed as run top to bottom: counts 1, 2, 3, ... in order, no errors, its main picture shown (the
+    training curves; GFNet's budget plot)."""
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata.get("kernelspec", {}).get("name") == KERNEL_NAME
@@ -215,8 +268,12 @@ def test_notebook_committed_with_outputs(path):
             assert not errors, f"{path.name}: cell {i} was committed with an error: {errors[0].get('ename')}"
     images = [o for c in code for o in c.outputs
               if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})]
-    assert images, f"{path.name}: no image output (the training curves)"
-    assert "curves.png" in "".join(c.source for c in code)
+    picture = PICTURES.get(path.name, "curves.png")
+    assert images, f"{path.name}: no image output ({picture})"
+    assert picture in "".join(c.source for c in code)
+
+
+PICTURES = {"gfnet.ipynb": "gfnet_budget.png"}  # the picture a committed notebook shows; the others: curves.png
 
 
 # --- writing the committed outputs -------------------------------------------------------------------------
