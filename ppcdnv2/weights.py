@@ -6,10 +6,13 @@ about missing or unexpected keys and would leave a silently half-initialised mod
 """
 from __future__ import annotations
 
-import io
+import contextlib
+import mmap
 import os
 import pickle
+import pickletools
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, Iterable, Mapping, Optional
 
@@ -83,11 +86,203 @@ def _np_dtype(tensor):
 
 
 # --- files ----------------------------------------------------------------------------------
+# The numpy globals a weights pickle uses. They are never handed to numpy's own unpickling: ``numpy.dtype``
+# plus a BUILD can make a structured dtype with object fields whose array reads raw file bytes as object
+# pointers (a crash, or worse). Arrays and dtypes are rebuilt here from checked values instead.
 _NUMPY_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
     ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
     ("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
 }
+_PLAIN_KINDS = "biufcSUmMO"  # numbers, bools, strings, datetimes; objects only as a plain 'O' (no fields)
+
+
+class _NumpyDtype:
+    """``numpy.dtype(...)`` in a pickle: its arguments and BUILD state, turned into a dtype by :func:`_dtype`."""
+
+    __slots__ = ("args", "state")
+
+    def __init__(self, *args):
+        self.args, self.state = args, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _dtype(spec) -> np.dtype:
+    """A plain dtype (no fields, no sub-arrays) from a pickled ``numpy.dtype`` record, or UnpicklingError."""
+    if not isinstance(spec, _NumpyDtype) or not spec.args or not isinstance(spec.args[0], str):
+        raise pickle.UnpicklingError(f"malformed numpy dtype record {getattr(spec, 'args', spec)!r:.80}")
+    try:
+        dt = np.dtype(spec.args[0])
+    except (TypeError, ValueError) as e:
+        raise pickle.UnpicklingError(f"unknown numpy dtype {spec.args[0]!r:.40}") from e
+    if dt.kind not in _PLAIN_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise pickle.UnpicklingError(f"numpy dtype {spec.args[0]!r:.40} is not a plain type; a weights file "
+                                     f"holds only plain arrays")
+    state = spec.state
+    if state is not None:
+        order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
+        if order not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError(f"malformed numpy dtype state {state!r:.80}")
+        if order in ("<", ">") and dt.itemsize > 1:
+            dt = dt.newbyteorder(order)
+    return dt
+
+
+_NDARRAY = object()  # ``numpy.ndarray``: only ever the class argument of ``_reconstruct``
+
+
+class _NumpyArray:
+    """``numpy.core.multiarray._reconstruct(ndarray, ...)`` + BUILD: the array is built in ``__setstate__``
+    from checked sizes (the data must be exactly shape x itemsize bytes, or a list of as many objects)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self):
+        self.array = None
+
+    def __setstate__(self, state):
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("malformed numpy array record")
+        shape, spec, fortran, raw = state[-4:]
+        if (not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape)
+                or not isinstance(fortran, bool)):
+            raise pickle.UnpicklingError(f"malformed numpy array shape {shape!r:.80}")
+        dt = _dtype(spec)
+        count = 1
+        for n in shape:
+            count *= n
+        order = "F" if fortran else "C"
+        if dt.kind == "O":
+            if not isinstance(raw, list) or len(raw) != count:
+                raise pickle.UnpicklingError(f"numpy object array of shape {shape} does not hold {count} items")
+            arr = np.empty(count, dtype=object)
+            for i, v in enumerate(raw):
+                arr[i] = v
+        else:
+            if not isinstance(raw, (bytes, bytearray)) or len(raw) != count * dt.itemsize:
+                raise pickle.UnpicklingError(f"numpy array of shape {shape} and dtype {dt} needs "
+                                             f"{count * dt.itemsize} bytes, the file holds "
+                                             f"{len(raw) if isinstance(raw, (bytes, bytearray)) else 'no'} bytes")
+            arr = np.frombuffer(raw, dtype=dt, count=count).astype(dt.newbyteorder("="))  # a copy, as numpy's
+        self.array = arr.reshape(shape, order=order)
+
+
+def _reconstruct(cls, shape=None, dtype=None):
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("numpy _reconstruct of something other than an ndarray")
+    return _NumpyArray()
+
+
+def _scalar(spec, data=None):
+    dt = _dtype(spec)
+    if dt.kind == "O":
+        return data
+    if not isinstance(data, (bytes, bytearray)) or len(data) != dt.itemsize:
+        raise pickle.UnpicklingError(f"numpy {dt} scalar needs {dt.itemsize} bytes")
+    return np.frombuffer(data, dtype=dt, count=1)[0]
+
+
+SAFE_NUMPY_GLOBALS = {
+    **{(m, "_reconstruct"): _reconstruct for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "scalar"): _scalar for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _NumpyDtype,
+}
+assert set(SAFE_NUMPY_GLOBALS) | {("collections", "OrderedDict")} == _NUMPY_GLOBALS
+
+
+def numpy_value(obj):
+    """A rebuilt numpy placeholder as its array or dtype (anything else unchanged)."""
+    if isinstance(obj, _NumpyArray):
+        if obj.array is None:
+            raise pickle.UnpicklingError("a numpy array record without its data")
+        return obj.array
+    if isinstance(obj, _NumpyDtype):
+        return _dtype(obj)
+    return obj
+
+
+def _opcode_table():
+    table = {}
+    for op in pickletools.opcodes:
+        n = None if op.arg is None else op.arg.n
+        if op.arg is not None and op.arg.name == "stringnl_noescape_pair":
+            n = "pair"  # GLOBAL and INST: two lines
+        table[op.code.encode("latin-1")[0]] = (op.name, n)
+    return table
+
+
+_OPCODES = _opcode_table()
+_COUNTED = {pickletools.TAKEN_FROM_ARGUMENT1: (1, False), pickletools.TAKEN_FROM_ARGUMENT4: (4, True),
+            pickletools.TAKEN_FROM_ARGUMENT4U: (4, False), pickletools.TAKEN_FROM_ARGUMENT8U: (8, False)}
+_PUTS = ("PUT", "BINPUT", "LONG_BINPUT")
+
+
+@contextlib.contextmanager
+def mapped(f):
+    """The file's bytes, memory-mapped read-only (no copy); ``b""`` for an empty file."""
+    if os.fstat(f.fileno()).st_size == 0:
+        yield b""
+        return
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        yield data
+
+
+def scan_pickle(data, pos: int = 0) -> int:
+    """Walk the pickle starting at ``data[pos]`` (bytes in memory, nothing is built) and return where it ends;
+    refuse any length past the end of ``data`` and any memo index beyond the opcodes read so far.
+
+    ``pickle`` allocates a counted string, bytes or frame before reading it, and grows its memo table to twice
+    any index it is given (zero-filled), so a few flipped bits in a length or an index would otherwise cost
+    gigabytes (and CPython may print a stray SystemError). A pickler numbers its memo entries 0, 1, 2, ... one
+    opcode at a time, so an honest index never exceeds the opcodes before it."""
+    end, count = len(data), 0
+    while True:
+        if pos >= end:
+            raise pickle.UnpicklingError("pickle data was truncated")
+        at = pos
+        entry = _OPCODES.get(data[pos])
+        if entry is None:
+            raise pickle.UnpicklingError(f"unknown pickle opcode {data[pos]:#04x} at byte {pos}")
+        name, n = entry
+        pos += 1
+        value = None
+        if n is None:
+            pass
+        elif n == "pair" or n == pickletools.UP_TO_NEWLINE:
+            for _ in range(2 if n == "pair" else 1):
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    raise pickle.UnpicklingError(f"pickle opcode {name} at byte {at} runs past the end")
+                line, pos = data[pos:newline], newline + 1
+            if name == "PUT":
+                try:
+                    value = int(line)
+                except ValueError:
+                    raise pickle.UnpicklingError(f"malformed PUT at byte {at}") from None
+        elif n >= 0:
+            if pos + n > end:
+                raise pickle.UnpicklingError(f"pickle opcode {name} at byte {at} runs past the end")
+            value = int.from_bytes(data[pos:pos + n], "little")
+            pos += n
+        else:
+            width, signed = _COUNTED[n]
+            if pos + width > end:
+                raise pickle.UnpicklingError(f"pickle opcode {name} at byte {at} runs past the end")
+            length = int.from_bytes(data[pos:pos + width], "little", signed=signed)
+            pos += width
+            if not 0 <= length <= end - pos:
+                raise pickle.UnpicklingError(f"a pickle record ({name} at byte {at}) declares {length} bytes "
+                                             f"where {end - pos} remain")
+            pos += length
+        if name == "FRAME" and value > end - pos:
+            raise pickle.UnpicklingError(f"a pickle frame at byte {at} declares {value} bytes where {end - pos} remain")
+        if name in _PUTS and not 0 <= value <= count:
+            raise pickle.UnpicklingError(f"pickle memo index {value} at byte {at}, after {count} opcodes")
+        count += 1
+        if name == "STOP":
+            return pos
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -96,8 +291,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         self._path = path
 
     def find_class(self, module, name):
-        if (module, name) in _NUMPY_GLOBALS:
-            return super().find_class(module, name)
+        if (module, name) in SAFE_NUMPY_GLOBALS:
+            return SAFE_NUMPY_GLOBALS[(module, name)]
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
         raise WeightsError(f"{self._path}: refusing to load {module}.{name}: a weights file holds only arrays")
 
 
@@ -110,20 +307,26 @@ def read_paddle_weights(path) -> Dict[str, np.ndarray]:
     path = Path(path)
     try:
         with open(path, "rb") as f:
-            obj = _NumpyOnlyUnpickler(io.BufferedReader(f), path).load()
+            with mapped(f) as data:
+                scan_pickle(data)
+            obj = _NumpyOnlyUnpickler(f, path).load()
     except WeightsError:
         raise
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such file") from None
     except Exception as e:  # truncated or not a pickle at all
-        raise WeightsError(f"{path}: not a readable .pdparams file ({type(e).__name__}: {e})") from e
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise WeightsError(f"{path}: not a readable .pdparams file ({type(e).__name__}: {first})") from None
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise WeightsError(f"{path}: expected a dict of name -> array, got {type(obj).__name__}")
     out = {}
     for k, v in obj.items():
         if k == PADDLE_NAME_TABLE:
             continue
-        arr = np.asarray(v)
+        try:
+            arr = np.asarray(numpy_value(v))
+        except pickle.UnpicklingError as e:
+            raise WeightsError(f"{path}: {k!r}: {e}") from None
         if arr.dtype == object:
             raise WeightsError(f"{path}: {k!r} is not a numeric array")
         out[k] = arr
@@ -307,8 +510,8 @@ def load_model(path, cfg, form: str = "auto", which: str = "ema", classes_from_w
     from .registry import family_of
 
     family = family_of(cfg)
-    if form not in ("auto",) + family.forms:
-        raise ValueError(f"form must be auto or one of {', '.join(family.forms)}, got {form!r}")
+    if form not in ("auto",) + family.forms_of(cfg):
+        raise ValueError(f"form must be auto or one of {', '.join(family.forms_of(cfg))}, got {form!r}")
     state = read_state(path, which)
     if classes_from_weights:
         n = _classes_in(state, family, cfg)
