@@ -104,15 +104,18 @@ def test_every_shipped_config_builds_its_model_in_every_form(path):
     not hours into a user's run."""
     import paddle
 
-    from ppcdnv2.engine.build import build_model, resolve_family
+    from ppcdnv2.engine.build import build_model, model_config, resolve_family
 
     cfg = load_config(str(path))
-    for form in resolve_family(cfg["model"]).forms:
-        model = build_model(cfg["model"], form=form, num_classes=cfg["model"].get("num_classes") or 10).eval()
+    family = resolve_family(cfg["model"])
+    n = cfg["model"].get("num_classes") or 10
+    for form in family.forms_of(model_config(cfg["model"], n)):  # GFNet: two forms only on CondenseNetV2
+        model = build_model(cfg["model"], form=form, num_classes=n).eval()
         size = model.cfg.input_size
         with paddle.no_grad():
             out = model(paddle.zeros([1, 3, size, size]))
-        assert tuple(out.shape) == (1, model.cfg.num_classes)
+        steps = () if family.single_output else (model.cfg.T,)  # GFNet: logits of every step
+        assert tuple(out.shape) == steps + (1, model.cfg.num_classes)
 
 
 def test_training_curves_log_loss_and_whole_epochs(tmp_path):

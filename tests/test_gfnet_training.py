@@ -700,3 +700,16 @@ def test_vector_dropout_only_where_the_encoder_trains():
     ppo = gt.PPO(model.policy, hp)
     rolls = [gt.rollout(model, x, y, ppo, gt.Memory(), noise=noise) for _ in range(2)]
     np.testing.assert_array_equal(rolls[0].losses, rolls[1].losses)
+
+
+def test_stage3_may_restart_the_encoders_at_their_own_rate():
+    """``backbone_lr_stage3`` (ours; upstream restarts stage 3 at ``backbone_lr``): only stage 3 changes."""
+    hp = gt.train_config("regnety_600m_p96_t5")
+    assert hp.backbone_lr_of(3) == hp.backbone_lr_of(1) == hp.backbone_lr  # upstream's default
+    low = hp.replace(backbone_lr_stage3=hp.backbone_lr / 10)
+    assert gt.stage_learning_rates(low, 1, 0)["backbone"] == hp.backbone_lr
+    assert gt.stage_learning_rates(low, 3, 0)["backbone"] == pytest.approx(hp.backbone_lr / 10)
+    from ppcdnv2 import create_model
+
+    model = create_model("gfnet_regnety_600m_p96_t5")
+    assert {g["learning_rate"] for g in gt.parameter_groups(model, low, 3)[:2]} == {hp.backbone_lr / 10}

@@ -14,7 +14,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 
 import yaml
 
-SECTIONS = ("model", "data", "optimizer", "schedule", "train", "eval", "export", "debug")
+SECTIONS = ("model", "data", "optimizer", "schedule", "train", "eval", "export", "gfnet", "debug")
 
 from ..registry import IMAGENET_MEAN, IMAGENET_STD
 
@@ -103,6 +103,41 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "export": {
         "condense": True,  # condense at the end and save the deployment-form weights
         "format": "pdparams",  # pdparams | safetensors
+    },
+    # GFNet only (model.name gfnet_*; ppcdnv2.families.gfnet.engine): the three training stages of upstream
+    # train.py. Other keys it reads: train.batch_size/seed/output/device/lasso/save_every_iters, eval.batch_size,
+    # export.condense, data.* (the images are the configuration's W: data.image_size/resize/interpolation are
+    # replaced by it). optimizer.*, schedule.*, train.epochs/ema/label_smoothing do not apply.
+    "gfnet": {
+        "stages": [1, 2, 3],  # which stages, in order; each starts from the previous one's final weights
+        # stage-1 start (or a run's first stage): a whole GFNet file (ours, a checkpoint, a released .pth.tar), or
+        # backbone weights loaded into both encoders (torchvision / pycls / geffnet .pth, CondenseNetV2 files)
+        "pretrained": None,
+        "find_thresholds_on": 200000,  # training images to find the 39 x T exit thresholds on (0: none stored)
+        # overrides of the configuration's upstream hyperparameters (GFNetTrainConfig); null: upstream's value
+        # (GF-CondenseNetV2: MobileNetV3's setup without its drop rates)
+        "kind": None,  # resnet | densenet | regnet | mobilenetv3 | efficientnet: whose recipe
+        "backbone_lr": None,  # both encoders' base learning rate (cosine per epoch, no warm-up)
+        "backbone_lr_stage3": None,  # ... in stage 3 if it should differ (upstream: backbone_lr again)
+        "fc_lr_stage1": None,  # the classifier's base learning rate in stage 1 (upstream 0.1)
+        "fc_lr_stage3": None,  # ... in stage 3 (upstream 0.01)
+        "weight_decay": None,
+        "momentum": None,
+        "nesterov": None,
+        "dsn_ratio": None,  # weight of the backbones' own heads' loss (deep supervision)
+        "epochs_stage1": None,
+        "epochs_stage2": None,  # upstream 15
+        "epochs_stage3": None,
+        "train_model_prime": None,  # train the glance encoder in stages 1/3 (false: frozen, eval mode)
+        "dropout": None,  # on the local encoder's vector (MobileNetV3 / EfficientNet recipes)
+        "drop_connect": None,
+        "ppo_lr": None,  # stage 2: Adam's learning rate for the policy
+        "gamma": None,
+        "ppo_epochs": None,
+        "clip_eps": None,
+        "value_coef": None,
+        "entropy_coef": None,
+        "action_std": None,
     },
     "debug": {  # for the tests; not needed in normal use
         "exit_after_iters": None,  # hard-exit (os._exit) after this many iterations of the run

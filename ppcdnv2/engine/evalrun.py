@@ -123,16 +123,19 @@ def run_stepwise_eval(weights: str, cfg: Dict[str, Any], which: str = "ema", bat
     if train_images is not None and train_images < 1:
         raise WeightsError(f"--train-images must be >= 1, got {train_images}")
     data = dict(cfg["data"])
-    if data["dataset"] != "imagenet":
-        raise WeightsError(f"GFNet is evaluated on ImageNet-layout folders (data.dataset: imagenet), "
-                           f"not {data['dataset']!r}")
+    folders = data["dataset"] == "imagenet"
+    if not folders and data["dataset"] != "digits":
+        raise WeightsError(f"GFNet is evaluated on ImageNet-layout folders (data.dataset: imagenet) or the digits "
+                           f"demo, not {data['dataset']!r}")
     mcfg = model_config(cfg["model"])
     data.update(resize=mcfg.resize_size, image_size=mcfg.image_size, interpolation=mcfg.dataset_interpolation)
     seed = cfg["train"]["seed"]
     ds = build_dataset(data, train=False, seed=seed)
+    if not folders:  # the digits demo (upsampled to W): the model has the data's classes, as its training
+        mcfg = model_config(cfg["model"], ds.num_classes)
     if ds.num_classes > mcfg.num_classes:
         raise WeightsError(f"the data has {ds.num_classes} classes but the model only {mcfg.num_classes}")
-    if ds.num_classes != mcfg.num_classes or labels:
+    if folders and (ds.num_classes != mcfg.num_classes or labels):
         _map_folders_to_model_classes(ds, mcfg.num_classes, labels, printer)
     model, _ = load_model(weights, mcfg, "auto", which)
     model.eval()
@@ -151,7 +154,7 @@ def run_stepwise_eval(weights: str, cfg: Dict[str, Any], which: str = "ema", bat
                      hflip=0.5, color_jitter=0.0, auto_augment=None, reprob=0.0,
                      limit_train=train_images or DEFAULT_THRESHOLD_IMAGES)
         tds = build_dataset(tdata, train=True, seed=seed, classes=getattr(ds, "base", ds).classes)
-        if ds.num_classes != mcfg.num_classes or labels:
+        if folders and (ds.num_classes != mcfg.num_classes or labels):
             _map_folders_to_model_classes(tds, mcfg.num_classes, labels, lambda *_: None)
         printer(f"finding the thresholds on {len(tds)} training images ({data['train_split']}/)")
         train, _, _ = collect_step_maxima(

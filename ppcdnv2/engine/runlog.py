@@ -17,12 +17,14 @@ COLUMNS = ["epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_t
            "ema_val_loss", "ema_val_top1", "ema_val_top5", "epoch_seconds", "images_per_second"]
 
 
-def write_csv(history: List[Mapping[str, Any]], path) -> None:
+def write_csv(history: List[Mapping[str, Any]], path, columns: Optional[List[str]] = None) -> None:
+    """One row per epoch under ``columns`` (default :data:`COLUMNS`); keys outside them are left out."""
+    columns = columns or COLUMNS
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
     w.writeheader()
     for row in history:
-        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in COLUMNS})
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 

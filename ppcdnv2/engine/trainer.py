@@ -120,7 +120,8 @@ def _broadcast_state(layer):
 # what a run writes into train.output; an --overwrite run removes them first so nothing of the old run
 # (its summary, models, curves) stays beside the new one
 RUN_FILES = ("checkpoint_last.safetensors", "checkpoint_epoch*.safetensors", "log.csv", "curves.png", "summary.json",
-             "model_train.*", "model_condensed.*", "config.yaml")
+             "model_train.*", "model_condensed.*", "config.yaml",
+             "model_stage*.*", "model_final.*", "budget.png", "budget.json")  # the last four: GFNet runs'
 
 
 def check_output_folder(out: Path, resume: Optional[str], overwrite: bool) -> None:
@@ -150,6 +151,12 @@ def train(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite: bool 
 
     A ``train.output`` that already holds a run is refused unless ``resume`` continues it or ``overwrite``
     starts over (removing the old run's files)."""
+    from .build import resolve_family
+
+    if not resolve_family(cfg["model"]).single_output:  # GFNet: its own three-stage loop
+        from ..families.gfnet.engine import train_gfnet
+
+        return train_gfnet(cfg, resume=resume, overwrite=overwrite)
     tc, dc, ec, dbg = cfg["train"], cfg["data"], cfg["eval"], cfg["debug"]
     out = Path(tc["output"])
     check_output_folder(out, resume, overwrite)

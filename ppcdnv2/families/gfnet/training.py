@@ -83,6 +83,7 @@ class GFNetTrainConfig(ConfigBase):
 
     kind: str = "resnet"
     backbone_lr: float = 0.01
+    backbone_lr_stage3: Optional[float] = None  # None: backbone_lr, as upstream (a restart at a lower rate)
     fc_lr_stage1: float = 0.1
     fc_lr_stage3: float = 0.01
     weight_decay: float = 1e-4
@@ -124,6 +125,12 @@ class GFNetTrainConfig(ConfigBase):
 
     def epochs(self, stage: int) -> int:
         return {1: self.epochs_stage1, 2: self.epochs_stage2, 3: self.epochs_stage3}[_check_stage(stage)]
+
+    def backbone_lr_of(self, stage: int) -> float:
+        """The encoders' base rate in ``stage`` (1 or 3); upstream uses ``backbone_lr`` for both."""
+        if _check_stage(stage) == 3 and self.backbone_lr_stage3 is not None:
+            return self.backbone_lr_stage3
+        return self.backbone_lr
 
     def fc_lr(self, stage: int) -> float:
         if _check_stage(stage) == 2:
@@ -207,10 +214,10 @@ def _trainable(layer) -> List[paddle.Tensor]:
 def parameter_groups(model: GFNet, hp: GFNetTrainConfig, stage: int) -> List[Dict[str, Any]]:
     """Upstream's SGD groups, in its order: ``model``, [``model_prime``], ``fc``; ``learning_rate`` is the
     group's base rate (Paddle multiplies it by the optimizer's rate, here the cosine factor)."""
-    fc_lr = hp.fc_lr(stage)
-    groups = [{"params": _trainable(model.model), "learning_rate": hp.backbone_lr}]
+    fc_lr, backbone_lr = hp.fc_lr(stage), hp.backbone_lr_of(stage)
+    groups = [{"params": _trainable(model.model), "learning_rate": backbone_lr}]
     if hp.train_model_prime:
-        groups.append({"params": _trainable(model.model_prime), "learning_rate": hp.backbone_lr})
+        groups.append({"params": _trainable(model.model_prime), "learning_rate": backbone_lr})
     groups.append({"params": _trainable(model.fc), "learning_rate": fc_lr})
     for g in groups:
         g["weight_decay"] = float(hp.weight_decay)
@@ -225,7 +232,7 @@ def cosine_factor(epoch: int, epochs: int) -> float:
 def stage_learning_rates(hp: GFNetTrainConfig, stage: int, epoch: int) -> Dict[str, float]:
     """The effective learning rates of an epoch (``utils.adjust_learning_rate``): backbones and ``fc``."""
     c = cosine_factor(epoch, hp.epochs(stage))
-    return {"backbone": c * hp.backbone_lr, "fc": c * hp.fc_lr(stage)}
+    return {"backbone": c * hp.backbone_lr_of(stage), "fc": c * hp.fc_lr(stage)}
 
 
 def build_optimizer(model: GFNet, hp: GFNetTrainConfig, stage: int, epoch: int = 0) -> paddle.optimizer.Momentum:
