@@ -146,6 +146,9 @@ def _small(argv):
             extra.append("train.epochs=1")
         if "configs/cdnv2_" in line or "configs/condensenet74" in line:
             extra += ["train.batch_size=4", "eval.batch_size=4"]
+        if "configs/gfnet_" in line:  # one epoch of each stage, thresholds on a few images
+            extra += ["train.batch_size=32", "gfnet.epochs_stage1=1", "gfnet.epochs_stage2=1",
+                      "gfnet.epochs_stage3=1", "gfnet.find_thresholds_on=32"]
         return [a for o in extra for a in ("-o", o)]
     if "tools/eval.py" in line:
         return ["-b", "4", "--no-progress"]
