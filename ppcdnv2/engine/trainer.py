@@ -86,6 +86,16 @@ def setup_device(train_cfg: Mapping[str, Any]):
     return device, world, rank
 
 
+def note_amp_on_cpu(log) -> None:
+    """``train.amp`` on CPU: say that the run computes in float32 (through the AMP code path) and silence
+    Paddle's per-forward warning about it."""
+    # Paddle (3.x) autocasts on GPU/XPU only: on CPU auto_cast is a no-op, so the AMP code path (autocast
+    # scope, float16 loss scaling, scaler state in checkpoints) runs with float32 arithmetic
+    log("note: train.amp on CPU: Paddle autocasts and scales losses on GPU only, so this run computes in "
+        "float32 through the AMP code path (float16 with loss scaling is the GPU path; no bfloat16 on CPU)")
+    warnings.filterwarnings("ignore", message="amp_guard can only be enabled on", category=UserWarning)
+
+
 def finalize_condensation(model, input_size: int):
     """Make sure every learned layer reached its last stage (also for a one-iteration run)."""
     if not family_of(model).progressive or all(layer.fully_condensed for layer in model.learned_layers()):
@@ -167,11 +177,7 @@ def train(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite: bool 
         log(f"--overwrite: removed the previous run's files from {out}")
     amp = bool(tc["amp"])
     if amp and device != "gpu":
-        # Paddle (3.x) autocasts on GPU/XPU only: on CPU auto_cast is a no-op, so the AMP code path (autocast
-        # scope, float16 loss scaling, scaler state in checkpoints) runs with float32 arithmetic
-        log("note: train.amp on CPU: Paddle autocasts and scales losses on GPU only, so this run computes in "
-            "float32 through the AMP code path (float16 with loss scaling is the GPU path; no bfloat16 on CPU)")
-        warnings.filterwarnings("ignore", message="amp_guard can only be enabled on", category=UserWarning)
+        note_amp_on_cpu(log)
 
     seed = int(tc["seed"])
     random.seed(seed)

@@ -19,6 +19,20 @@ beginning at stage 2 or 3 from ``gfnet.pretrained`` (a whole-GFNet file, e.g. ``
   ``numpy.random.default_rng([seed, stage, epoch, batch])``; the data order and augmentation from
   ``(seed, 1000 * stage + epoch, index)``; dropout masks from Paddle's generator, whose state the checkpoint
   keeps. So a run resumed inside any stage ends bit-identical to an uninterrupted one on CPU.
+* Devices (``python -m paddle.distributed.launch``) and micro-batches (``train.micro_batches``), stages 1/3: rank
+  ``r`` of ``n`` takes the ``r``-th slice of every global batch (``TrainBatchSampler``) and the same columns of
+  the positions / policy noise one process draws for the whole batch, so the ranks together see what one
+  process sees; micro-batches split a device's share the same way (gradients of the mean loss accumulated).
+  After the backward every gradient is averaged over the ranks (one flat all-reduce: the forward is
+  ``training._run_sequence``, not ``model.forward``, so ``paddle.DataParallel`` would not sync it). BatchNorm
+  normalises each device's (micro-)batch, so ``n`` devices compute the gradients of one process running
+  ``n`` micro-batches; as in the main trainer, each rank keeps its own running statistics and rank 0's
+  state is broadcast to every rank before each validation. Validation: rank ``r`` takes the single-process
+  batches ``r, r + n, ...`` (stage-1 positions seeded by the batch's index), the counts summed over the
+  ranks; the training meters are summed too. Stage 2 (PPO) runs the same whole-batch step on every rank
+  (no speed-up; the policy re-broadcast from rank 0 each epoch). Rank 0 writes every file and runs the end.
+* ``train.amp`` (GPU): float16 autocast (O1) over the stage 1/3 forward and loss, a ``GradScaler`` (its state
+  in the checkpoint); PPO stays float32. On CPU, as the main trainer: a note, and float32 arithmetic.
 * Validation after every epoch: the top-1 of every step on the held-out data ("anytime"). Stage 1: the
   patches at fixed random positions (seeded per validation batch, the same every epoch; the policy is not
   trained yet); stages 2/3: the policy's deterministic actions (the model's own inference).
@@ -58,14 +72,14 @@ from ...engine.checkpoint import (CheckpointError, capture_rng, load_optimizer_a
                                   remove_stale_temporaries, restore_rng, save_checkpoint)
 from ...engine.config import config_diff, dump_config
 from ...engine.runlog import plot_history, write_csv
-from ...engine.trainer import (CHECKPOINT, TrainError, _Console, _is_terminal, check_output_folder,
-                               clear_previous_run, finalize_condensation, setup_device)
+from ...engine.trainer import (CHECKPOINT, TrainError, _broadcast_state, _Console, _is_terminal, check_output_folder,
+                               clear_previous_run, finalize_condensation, note_amp_on_cpu, setup_device)
 from ...weights import atomic_write, load_state_dict, save_weights, state_dict_numpy
 from .config import PRESETS
 from .evaluation import collect_step_maxima, evaluate_gfnet, step_mmacs
 from .model import GFNet
 from .training import (PPO, GFNetTrainConfig, _run_sequence, build_optimizer, ppo_step, set_epoch_lr, stage_loss,
-                       train_config, uniform_positions)
+                       standard_normal, train_config, uniform_positions)
 
 __all__ = ["gfnet_hparams", "train_gfnet", "HPARAM_KEYS", "STAGE_EPOCH_KEY"]
 
@@ -153,13 +167,46 @@ def _datasets(cfg, mcfg, seed):
     return data, train_ds, val_ds
 
 
+class StridedEvalBatches(EvalBatchSampler):
+    """The single-process validation batches (``EvalBatchSampler`` of the whole set), device ``rank`` of
+    ``world`` taking batches ``rank, rank + world, ...``: every batch keeps its single-process index, so the
+    stage-1 positions seeded by it and the summed top-1 equal one process's."""
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1):
+        super().__init__(num_samples, batch_size)
+        self.rank, self.world_size = rank, world_size
+
+    def __len__(self):
+        return len(range(self.rank, super().__len__(), self.world_size))
+
+    def __iter__(self):
+        for b, keys in enumerate(super().__iter__()):
+            if b % self.world_size == self.rank:
+                yield keys
+
+
+def _all_reduce_sum(values, world: int) -> np.ndarray:
+    """``values`` summed over the ranks (float64)."""
+    values = np.asarray(values, np.float64)
+    if world == 1:
+        return values
+    import paddle.distributed as dist
+
+    t = paddle.to_tensor(values)
+    dist.all_reduce(t)
+    return t.numpy()
+
+
 @paddle.no_grad()
-def validate(model: GFNet, loader, hp: GFNetTrainConfig, stage: int, seed: int) -> List[float]:
+def validate(model: GFNet, loader, hp: GFNetTrainConfig, stage: int, seed: int, rank: int = 0,
+             world: int = 1) -> List[float]:
     """Top-1 (percent) of every step on the held-out data, in eval mode. Stage 1: patches at fixed random
-    positions (the same every epoch); later stages: the policy's deterministic actions."""
+    positions (the same every epoch); later stages: the policy's deterministic actions. Across devices the
+    loader is a :class:`StridedEvalBatches` and the counts are summed over the ranks."""
     model.eval()
     correct, n = np.zeros(model.cfg.T), 0
-    for b, (images, labels, _) in enumerate(loader):
+    for i, (images, labels, _) in enumerate(loader):
+        b = rank + i * world  # the batch's single-process index
         if stage == 1:
             pos = paddle.to_tensor(uniform_positions(np.random.default_rng([seed, _VAL_SEED, b]), model.cfg.T - 1,
                                                      images.shape[0]))
@@ -169,7 +216,69 @@ def validate(model: GFNet, loader, hp: GFNetTrainConfig, stage: int, seed: int) 
         y = labels.numpy()
         correct += [float((lg.numpy().argmax(1) == y).sum()) for lg in logits]
         n += len(y)
+    total = _all_reduce_sum(list(correct) + [n], world)
+    correct, n = total[:-1], total[-1]
     return [float(v) for v in 100.0 * correct / max(n, 1)]
+
+
+def _draw(stage: int, rng: np.random.Generator, steps: int, batch: int, rank: int, world: int) -> np.ndarray:
+    """Stage 1's positions / stage 3's policy noise for the whole global batch [steps, batch, 2], exactly as
+    one process draws them, and this rank's columns (the images the sampler gave it)."""
+    draw = (uniform_positions if stage == 1 else standard_normal)(rng, steps, batch)
+    local = batch // world
+    return draw[:, rank * local:(rank + 1) * local] if world > 1 else draw
+
+
+def _supervised_backward(model: GFNet, images, labels, hp: GFNetTrainConfig, stage: int, draw: np.ndarray,
+                         micro: int, lasso: float, amp: bool, scaler):
+    """Stage 1/3 gradients of the mean loss over this device's images, accumulated over ``micro`` pieces
+    (the images and their columns of ``draw`` split alike); returns (loss sum, last-step correct, images)."""
+    n = labels.shape[0]
+    sections = [n // micro + (1 if i < n % micro else 0) for i in range(micro)]
+    loss_sum, correct, lo = 0.0, 0.0, 0
+    for k in sections:
+        x, y, d = (images, labels, draw) if k == n else (images[lo:lo + k], labels[lo:lo + k], draw[:, lo:lo + k])
+        lo += k
+        kw = {"positions": d} if stage == 1 else {"noise": d}
+        with paddle.amp.auto_cast(enable=amp, level="O1"):
+            loss, res = stage_loss(model, x, y, hp, stage, **kw)
+            if lasso > 0 and (term := _lasso(model, hp)) is not None:
+                loss = loss + lasso * term
+        part = loss if k == n else loss * (k / n)
+        (scaler.scale(part) if scaler is not None else part).backward()
+        loss_sum += float(loss) * k
+        correct += res.correct[-1] * k
+    return loss_sum, correct, n
+
+
+def _all_reduce_grads(model: GFNet, world: int) -> None:
+    """Every gradient averaged over the ranks, in one flat all-reduce (GFNet's forward is
+    :func:`.training._run_sequence`, not ``model.forward``, so ``paddle.DataParallel`` would not see it)."""
+    if world == 1:
+        return
+    import paddle.distributed as dist
+
+    grads = [p.grad for p in model.parameters() if not p.stop_gradient and p.grad is not None]
+    if not grads:
+        return
+    flat = paddle.concat([g.reshape([-1]).astype("float32") for g in grads])
+    dist.all_reduce(flat)
+    flat = flat / world
+    lo = 0
+    for g in grads:
+        k = int(np.prod(g.shape))
+        paddle.assign(flat[lo:lo + k].reshape(g.shape).astype(g.dtype), output=g)
+        lo += k
+
+
+def _dump_grads(model: GFNet, folder, rank: int, loss: float, stage: int) -> Dict[str, Any]:
+    """``debug.dump_grads``: this rank's (all-reduced) gradients of the first step and its loss."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    grads = {k: p.grad.numpy() for k, p in model.named_parameters() if p.grad is not None}
+    path = folder / f"grads_rank{rank}.npz"
+    np.savez(path, loss=np.float64(loss), stage=np.int64(stage), **grads)
+    return {"dumped_grads": str(path)}
 
 
 def train_gfnet(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
@@ -179,14 +288,13 @@ def train_gfnet(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite:
     out = Path(tc["output"])
     check_output_folder(out, resume, overwrite)
     device, world, rank = setup_device(tc)
-    if world > 1:
-        raise TrainError("GFNet training runs on one device for now (no paddle.distributed.launch)")
-    if tc["amp"]:
-        raise TrainError("GFNet training has no AMP path yet; set train.amp=false")
     if cfg["model"]["pretrained"]:
         raise TrainError("a GFNet starts from gfnet.pretrained (whole-GFNet or backbone weights), not model.pretrained")
-    log = _Console(True)
-    if overwrite and not resume and (out / CHECKPOINT).exists():
+    log = _Console(rank == 0)
+    amp = bool(tc["amp"])
+    if amp and device != "gpu":
+        note_amp_on_cpu(log)
+    if overwrite and not resume and rank == 0 and (out / CHECKPOINT).exists():
         clear_previous_run(out)
         log(f"--overwrite: removed the previous run's files from {out}")
     seed = int(tc["seed"])
@@ -202,7 +310,10 @@ def train_gfnet(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite:
         raise TrainError(f"model.num_classes={model.cfg.num_classes} but the training data has "
                          f"{train_ds.num_classes} classes")
     hp = gfnet_hparams(mcfg, gc, tc["batch_size"])
-    batch = hp.batch_size
+    batch, micro = hp.batch_size, int(tc["micro_batches"])
+    if batch % (world * micro):
+        raise TrainError(f"train.batch_size={batch} must be divisible by devices x micro_batches "
+                         f"= {world} x {micro}")
     spe = len(train_ds) // batch
     if spe == 0:
         raise TrainError(f"{len(train_ds)} training images are fewer than one batch of {batch}")
@@ -227,22 +338,35 @@ def train_gfnet(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite:
         load_state_dict(model, ckpt.model, where=f"{resume} (model)")
         position = {"index": int(m["gfnet"]["index"]), "step": int(m["step"])}
         history, stage_info = list(m["history"]), dict(m["gfnet"]["stages"])
-        meter = np.asarray(m["meter"], np.float64)
+        meter = np.asarray(m["meter"], np.float64)  # stages 1/3: summed over the ranks when saved
+        if rank != 0 and stages[position["index"]] != 2:
+            meter = np.zeros(4)
         log(f"resumed from {resume}: stage {stages[position['index']]}, step {position['step']}")
     elif gc["pretrained"]:
         log(f"started from {gc['pretrained']} ({load_gfnet_pretrained(model, gc['pretrained'])})")
     elif stages[0] != 1:
         log(f"note: stage {stages[0]} starts from random weights (no gfnet.pretrained)")
 
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out, CHECKPOINT)
-    atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(dump_config(cfg)))
-    sampler = TrainBatchSampler(len(train_ds), batch, 0, 1, seed)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out, CHECKPOINT)
+        atomic_write(out / "config.yaml", lambda tmp: Path(tmp).write_text(dump_config(cfg)))
+    if world > 1:
+        _broadcast_state(model)  # every rank starts from rank 0's weights
+    # stages 1/3: each rank its slice of every global batch; stage 2 (PPO): every rank the whole batch
+    sampler = TrainBatchSampler(len(train_ds), batch, rank, world, seed)
     loader = build_loader(train_ds, sampler, data["num_workers"])
-    val_loader = build_loader(val_ds, EvalBatchSampler(len(val_ds), ec["batch_size"]), data["num_workers"])
-    bar = tc["progress_bar"] and _is_terminal(sys.stderr)
+    whole_sampler = TrainBatchSampler(len(train_ds), batch, 0, 1, seed) if world > 1 else sampler
+    whole_loader = build_loader(train_ds, whole_sampler, data["num_workers"]) if world > 1 else loader
+    val_loader = build_loader(val_ds, StridedEvalBatches(len(val_ds), ec["batch_size"], rank, world),
+                              data["num_workers"])
+    scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 16) if amp else None
+    if scaler is not None and resume and m.get("scaler"):
+        scaler.load_state_dict(m["scaler"])
+    bar = tc["progress_bar"] and rank == 0 and _is_terminal(sys.stderr)
     log(f"GFNet {mcfg.name}: {len(train_ds)} training images, batch {batch}, {spe} steps/epoch; stages {stages} "
-        f"x epochs {[hp.epochs(s) for s in stages]} on {device}; {hp.kind} recipe")
+        f"x epochs {[hp.epochs(s) for s in stages]} on {world} {device} device(s); {hp.kind} recipe"
+        + (f"; {micro} micro-batches" if micro > 1 else "") + ("; AMP" if amp else ""))
     counters = {"writes": 0, "iters": 0}
     from tqdm import tqdm
 
@@ -268,40 +392,54 @@ def train_gfnet(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite:
         info = stage_info.setdefault(str(stage), {"epochs": epochs, "seconds": 0.0})
 
         def checkpoint(kill_midway=False):
+            """Every rank calls it (the meter is summed over them); rank 0 writes."""
+            saved = meter if stage == 2 else _all_reduce_sum(meter, world)
+            if rank != 0:
+                return
             meta = {"step": step, "epoch": step // spe, "steps_per_epoch": spe, "global_batch": batch,
-                    "stages": stages, "world_size": 1, "config": cfg, "rng": capture_rng(), "history": history,
-                    "meter": meter.tolist(), "gfnet": {"index": index, "stage": stage, "stages": stage_info}}
+                    "stages": stages, "world_size": world, "config": cfg, "rng": capture_rng(), "history": history,
+                    "meter": saved.tolist(), "gfnet": {"index": index, "stage": stage, "stages": stage_info},
+                    "scaler": {k: (float(v) if isinstance(v, paddle.Tensor) else v)
+                               for k, v in scaler.state_dict().items()} if scaler is not None else None}
             save_checkpoint(out / CHECKPOINT, model, opt, meta, None, kill_midway)
 
         for epoch in range(step // spe, epochs):
             start = step - epoch * spe
-            sampler.set_epoch(STAGE_EPOCH_KEY * stage + epoch, start)
+            (whole_sampler if stage == 2 else sampler).set_epoch(STAGE_EPOCH_KEY * stage + epoch, start)
             lrs = set_epoch_lr(optimizer, hp, stage, epoch) if optimizer is not None else {"fc": hp.ppo_lr}
             t0, seen = time.time(), 0
             pbar = tqdm(total=spe, initial=start, desc=f"stage {stage} epoch {epoch + 1}/{epochs}", disable=not bar,
                         dynamic_ncols=True, leave=False)
-            for b, (images, labels, _) in enumerate(loader, start=start):
+            for b, (images, labels, _) in enumerate(whole_loader if stage == 2 else loader, start=start):
                 rng = np.random.default_rng([seed, stage, epoch, b])
                 if stage == 1:
                     _set_progress(model, step / total)
-                if stage == 2:
+                if stage == 2:  # every rank the same whole-batch step (float32: PPO has no AMP path)
                     res = ppo_step(model, images, labels, ppo, rng=rng)
                     meter += [float(res.rewards.mean()) * len(labels), res.correct[-1] * len(labels), len(labels), 1]
+                    seen += len(labels)
                 else:
-                    loss, res = stage_loss(model, images, labels, hp, stage, rng=rng)
-                    if lasso > 0 and (term := _lasso(model, hp)) is not None:
-                        loss = loss + lasso * term
+                    draw = _draw(stage, rng, model.cfg.T - 1, batch, rank, world)
                     optimizer.clear_grad(set_to_zero=False)
-                    loss.backward()
-                    optimizer.step()
-                    meter += [float(loss) * len(labels), res.correct[-1] * len(labels), len(labels), 1]
+                    dump = dbg["dump_grads"]
+                    loss_sum, correct, n = _supervised_backward(model, images, labels, hp, stage, draw, micro, lasso,
+                                                                amp, None if dump else scaler)
+                    _all_reduce_grads(model, world)
+                    if dump:  # debug: each rank's gradients of the first step, then stop
+                        return _dump_grads(model, dump, rank, loss_sum / n, stage)
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    meter += [loss_sum, correct, n, 1]
+                    seen += n * world
                 step += 1
                 counters["iters"] += 1
-                seen += len(labels)
                 key = "reward" if stage == 2 else "loss"
                 pbar.set_postfix({key: f"{meter[0] / meter[2]:.4f}", "top1": f"{100 * meter[1] / meter[2]:.1f}"})
                 pbar.update(1)
-                if tc["save_every_iters"] and step % tc["save_every_iters"] == 0 and step % spe:
+                if tc["save_every_iters"] and step % tc["save_every_iters"] == 0 and step % spe:  # on every rank
                     counters["writes"] += 1
                     checkpoint(kill_midway=dbg["kill_in_checkpoint"] == counters["writes"])
                 if dbg["exit_after_iters"] and counters["iters"] >= dbg["exit_after_iters"]:
@@ -313,20 +451,26 @@ def train_gfnet(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite:
             if stage == 1 and step == total:
                 for enc in _encoders(model):
                     finalize_condensation(enc, mcfg.patch_size)
-            top1 = validate(model, val_loader, hp, stage, seed)
+            totals = meter if stage == 2 else _all_reduce_sum(meter, world)
+            if world > 1:  # rank 0's BatchNorm statistics (and policy) everywhere, as the main trainer
+                _broadcast_state(model)
+                if ppo is not None:
+                    ppo.sync()
+            top1 = validate(model, val_loader, hp, stage, seed, rank, world)
             info["val_step_top1"] = top1
             row = {"epoch": len(history) + 1, "stage": stage, "stage_epoch": epoch + 1, "step": step,
-                   "lr": lrs["fc"], "train_top1": 100.0 * meter[1] / meter[2], "val_top1": top1[-1],
+                   "lr": lrs["fc"], "train_top1": 100.0 * totals[1] / totals[2], "val_top1": top1[-1],
                    "val_step_top1": " ".join(f"{v:.2f}" for v in top1), "epoch_seconds": round(seconds, 3),
                    "images_per_second": round(seen / max(seconds, 1e-9), 1)}
-            row["reward" if stage == 2 else "train_loss"] = meter[0] / meter[2]
+            row["reward" if stage == 2 else "train_loss"] = totals[0] / totals[2]
             history.append(row)
             meter = np.zeros(4)
             what = f"reward {row['reward']:.4f}" if stage == 2 else f"loss {row['train_loss']:.4f}"
             log(f"stage {stage} epoch {epoch + 1}/{epochs}: train {what}, last-step top-1 {row['train_top1']:.2f}% | "
                 f"val top-1 per step: {' / '.join(f'{v:.2f}' for v in top1)} ({seconds:.1f} s)")
-            write_csv(history, out / "log.csv", CSV_COLUMNS)
-            plot_history(history, out / "curves.png")
+            if rank == 0:
+                write_csv(history, out / "log.csv", CSV_COLUMNS)
+                plot_history(history, out / "curves.png")
             counters["writes"] += 1
             checkpoint(kill_midway=dbg["kill_in_checkpoint"] == counters["writes"])
         if stage == 1:  # also a run resumed after stage 1's last checkpoint
@@ -334,8 +478,13 @@ def train_gfnet(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite:
                 finalize_condensation(enc, mcfg.patch_size)
         else:
             _set_progress(model, 1.0)
-        save_weights(state_dict_numpy(model), out / f"model_stage{stage}.pdparams")
+        if rank == 0:
+            save_weights(state_dict_numpy(model), out / f"model_stage{stage}.pdparams")
         log(f"stage {stage} done in {info['seconds']:.1f} s -> {out / f'model_stage{stage}.pdparams'}")
+    if rank != 0:
+        return {}
+    if world > 1:  # the end on rank 0 alone, over the whole held-out set
+        val_loader = build_loader(val_ds, EvalBatchSampler(len(val_ds), ec["batch_size"]), data["num_workers"])
     return _finish(cfg, model, hp, data, train_ds, val_ds, val_loader, stage_info, out, log, bar)
 
 
