@@ -90,6 +90,40 @@ def test_digits_split_is_stratified_disjoint_and_fixed():
     assert np.corrcoef(small.ravel(), big.ravel())[0, 1] > 0.9
 
 
+def test_digits_canvas_places_the_digit_with_clutter_deterministically():
+    """data.digits_size (GFNet demo): the digit pasted where compose() says, clutter off its box, noise; the
+    layout a function of (seed, sample) for validation and (seed, epoch, sample) for training."""
+    over = ["data.dataset=digits", "data.image_size=96", "data.digits_size=24", "data.digits_clutter=6",
+            "data.digits_fragment=12", "data.mean=[0,0,0]", "data.std=[1,1,1]", "data.pad_crop=0", "data.hflip=0"]
+    cfg = load_config(None, over)
+    va = build_dataset(cfg["data"], train=False, seed=3)
+    tr = build_dataset(cfg["data"], train=True, seed=3)
+    x, y, i = va[4]
+    assert x.shape == (3, 96, 96) and x.dtype == np.float32 and int(i) == 4 and int(y) == va.labels[4]
+    img, (top, left) = va.compose(4)
+    assert img.shape == (96, 96, 3) and img.dtype == np.uint8 and 0 <= top <= 72 and 0 <= left <= 72
+    assert np.allclose(x, img.transpose(2, 0, 1) / 255.0, atol=1e-6)  # the loaded sample is the composition
+    box = img[top:top + 24, left:left + 24, 0]
+    assert np.array_equal(box, va.images[4, :, :, 0])  # the digit exactly, no clutter over it (noise off)
+    rest = img[..., 0].copy()
+    rest[top:top + 24, left:left + 24] = 0
+    assert (rest > 0).sum() > 50  # clutter around it
+    assert np.array_equal(va[4][0], x) and np.array_equal(va.compose(4)[0], img)  # validation: fixed
+    layouts = {tr.compose(7, e)[1] for e in range(6)}
+    assert len(layouts) > 1 and np.array_equal(tr[(7, 2)][0], tr[(7, 2)][0])  # training: per epoch, repeatable
+    other = build_dataset(cfg["data"], train=False, seed=4)
+    assert not np.array_equal(other[4][0], x)  # seeded
+    noisy = build_dataset(load_config(None, over + ["data.digits_noise=30.0", "data.digits_clutter=0"])["data"],
+                          train=False, seed=3)
+    nimg, (nt, nl) = noisy.compose(4)
+    assert (nt, nl) == (top, left)  # noise after the layout: the same positions
+    assert 15 < np.std(nimg[:nt, :, 0].astype(float)) < 45  # background: clipped noise
+    # off (default): the plain upsampled digits
+    plain = build_dataset(load_config(None, over[:2] + ["data.mean=[0,0,0]", "data.std=[1,1,1]"])["data"],
+                          train=False)
+    assert plain[0][0].shape == (3, 96, 96) and np.array_equal(plain.images[0], Digits(False, None, size=96).images[0])
+
+
 def test_train_sampler_shards_equal_the_single_process_batches():
     one = TrainBatchSampler(50, 8, seed=3)
     two = [TrainBatchSampler(50, 8, rank=r, world_size=2, seed=3) for r in range(2)]

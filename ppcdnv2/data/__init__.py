@@ -41,7 +41,12 @@ def build_dataset(data_cfg: Mapping[str, Any], train: bool, seed: int = 0, class
         else:
             tf = ArrayEvalTransform(mean, std)
         if name == "digits":
-            ds = Digits(train, tf, data_cfg["val_fraction"], size=data_cfg["image_size"], seed=seed)
+            if data_cfg.get("digits_size"):  # the digit pasted on a cluttered image_size canvas (GFNet demo)
+                ds = Digits(train, tf, data_cfg["val_fraction"], size=data_cfg["digits_size"], seed=seed,
+                            canvas=data_cfg["image_size"], clutter=data_cfg.get("digits_clutter") or 0,
+                            fragment=data_cfg.get("digits_fragment") or 0, noise=data_cfg.get("digits_noise") or 0.0)
+            else:
+                ds = Digits(train, tf, data_cfg["val_fraction"], size=data_cfg["image_size"], seed=seed)
         else:
             if not data_cfg["root"]:
                 raise DataError(f"data.root is not set: give the folder holding the {name} python batches")

@@ -65,12 +65,16 @@ class _Base:
     def _load(self, index: int):
         raise NotImplementedError
 
+    def _load_at(self, index: int, epoch: Optional[int]):
+        """The raw sample for ``(index, epoch)``: ``_load`` unless the sample itself is drawn per epoch."""
+        return self._load(index)
+
     def __getitem__(self, key):
         index, epoch = _split_key(key)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         try:
-            image = self.transform(self._load(index), self._rng(index, epoch))
+            image = self.transform(self._load_at(index, epoch), self._rng(index, epoch))
         except DataError:
             if self.skip_bad:
                 return np.zeros(self._bad_shape(), np.float32), np.int64(BAD), np.int64(index)
@@ -270,12 +274,25 @@ def digits_split(labels: np.ndarray, val_fraction: float, seed: int = 0) -> Tupl
 
 
 class Digits(_Base):
-    """The embedded demo data: 1797 handwritten digits upsampled to 32x32, 10 classes."""
+    """The embedded demo data: 1797 handwritten digits upsampled to 32x32, 10 classes.
+
+    ``canvas`` > 0 (``data.image_size`` with ``data.digits_size``): a cluttered-MNIST-style variant for the
+    GFNet demo, where a downscaled glance cannot read the digit but a full-resolution patch at the right place
+    can. Each digit is upsampled to ``size`` px and pasted at a random position of a black ``canvas`` x
+    ``canvas`` image, with ``clutter`` fragments (``fragment`` px squares) of other digits of the same split
+    around it (never over the digit's box) and Gaussian ``noise`` (std, 0-255 scale). The layout is drawn from
+    ``default_rng([seed, epoch, index, 1])`` (epoch 0 when none: validation), a stream apart from the
+    augmentation's, so it is fixed per sample for validation, redrawn every training epoch, and reproduced
+    exactly on resume; :meth:`compose` returns it with the digit's position.
+    """
 
     _cache = None
 
-    def __init__(self, train: bool, transform, val_fraction: float = 0.2, size: int = 32, seed: int = 0):
+    def __init__(self, train: bool, transform, val_fraction: float = 0.2, size: int = 32, seed: int = 0,
+                 canvas: int = 0, clutter: int = 0, fragment: int = 0, noise: float = 0.0):
         super().__init__(transform, seed)
+        if canvas and not 0 < size <= canvas:
+            raise DataError(f"digits: the digit ({size} px) must fit the canvas ({canvas} px)")
         if Digits._cache is None or Digits._cache[0].shape[1] != size:
             Digits._cache = digits_images(size)
         images, labels = Digits._cache
@@ -283,6 +300,31 @@ class Digits(_Base):
         idx = tr if train else va
         self.images, self.labels = images[idx], labels[idx]
         self.classes = [str(i) for i in range(10)]
+        self.canvas, self.clutter, self.noise = int(canvas), int(clutter), float(noise)
+        self.fragment = min(int(fragment) or size // 2, size)
 
     def _load(self, index):
         return self.images[index]
+
+    def _load_at(self, index, epoch):
+        return self.compose(index, epoch)[0] if self.canvas else self.images[index]
+
+    def compose(self, index: int, epoch: Optional[int] = None) -> Tuple[np.ndarray, Tuple[int, int]]:
+        """The canvas image (HWC uint8) of sample ``index`` in ``epoch`` and the digit's ``(top, left)``."""
+        rng = np.random.default_rng([self.seed, 0 if epoch is None else epoch, index, 1])
+        c, s, f = self.canvas, self.images.shape[1], self.fragment
+        img = np.zeros((c, c), np.float32)
+        top, left = (int(v) for v in rng.integers(0, c - s + 1, size=2))
+        for _ in range(self.clutter):
+            src = self.images[int(rng.integers(len(self.images))), :, :, 0]
+            r, q = (int(v) for v in rng.integers(0, s - f + 1, size=2))  # where in the other digit
+            for _ in range(10):  # a place off the digit's box (kept free so a patch there reads it cleanly)
+                y, x = (int(v) for v in rng.integers(0, c - f + 1, size=2))
+                if y + f <= top or y >= top + s or x + f <= left or x >= left + s:
+                    np.maximum(img[y:y + f, x:x + f], src[r:r + f, q:q + f], out=img[y:y + f, x:x + f])
+                    break
+        img[top:top + s, left:left + s] = np.maximum(img[top:top + s, left:left + s], self.images[index, :, :, 0])
+        if self.noise > 0:
+            img += rng.normal(0.0, self.noise, img.shape).astype(np.float32)
+        img = np.clip(np.round(img), 0, 255).astype(np.uint8)
+        return np.repeat(img[..., None], 3, axis=2), (top, left)

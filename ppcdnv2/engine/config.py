@@ -54,6 +54,13 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
         "val_fraction": 0.2,  # digits: held-out share (stratified, fixed seed)
+        # digits: 0 = each digit fills the image (upsampled to image_size); N > 0 = upsampled to N px and pasted
+        # at a random position (per sample; per epoch when training) of a black image_size canvas, so that a
+        # downscaled GFNet glance cannot read it but a full-resolution patch at the right place can
+        "digits_size": 0,
+        "digits_clutter": 0,  # with digits_size: fragments of other digits scattered around it (cluttered MNIST)
+        "digits_fragment": 0,  # their side in px (0: digits_size // 2)
+        "digits_noise": 0.0,  # with digits_size: std of per-pixel Gaussian noise added (0-255 scale)
         "limit_train": None,  # use a fixed random subset of this many training images (quick runs)
         "limit_val": None,
         "skip_bad": False,  # unreadable images / empty class folders: false = fail naming them, true = skip (warn)
@@ -105,9 +112,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "format": "pdparams",  # pdparams | safetensors
     },
     # GFNet only (model.name gfnet_*; ppcdnv2.families.gfnet.engine): the three training stages of upstream
-    # train.py. Other keys it reads: train.batch_size/seed/output/device/lasso/save_every_iters, eval.batch_size,
-    # export.condense, data.* (the images are the configuration's W: data.image_size/resize/interpolation are
-    # replaced by it). optimizer.*, schedule.*, train.epochs/ema/label_smoothing do not apply.
+    # train.py. Other keys it reads: train.batch_size/micro_batches/amp/seed/output/device/lasso/save_every_iters,
+    # eval.batch_size, export.condense, data.* (the images are the configuration's W: data.image_size/resize/
+    # interpolation are replaced by it). optimizer.*, schedule.*, train.epochs/ema/label_smoothing do not apply.
     "gfnet": {
         "stages": [1, 2, 3],  # which stages, in order; each starts from the previous one's final weights
         # stage-1 start (or a run's first stage): a whole GFNet file (ours, a checkpoint, a released .pth.tar), or
