@@ -23,16 +23,22 @@ imports Paddle, torch or onnxruntime) and every measurement is a fresh ``benchma
    the multiply-adds our counter says the condensed model executes per image, times images/s, over
    that, is the share of it a model reaches (the official layout executes more: its dense SFR matmul).
 
-Engines: ours-dygraph, ours-infer, ours-onnx, ours-openvino (if ``openvino`` is installed), torch
-(official layout, eager, no_grad), torch-onnx (the same exported by ``torch.onnx``: the best a user of
-upstream alone gets), ppim. ``--train-step`` adds one SGD step of CondenseNetV2-A, training form, ours
-vs the upstream-layout torch model. An engine that fails is reported with its reason; the exit status
+Engines: ours-dygraph, ours-infer, ours-onnx (our export as ``tools/infer.py`` runs it: the graph rewrites of
+``ppcdnv2.deploy.onnx_opt``, ``OnnxPredictor``'s session settings and micro-batches), ours-onnx-int8 (the same
+after ``tools/export.py --quantize int8``, calibrated on N(0, 1) images like the BatchNorms of the random
+weights), ours-onnx-plain (the export as paddle2onnx writes it in a plain session, whole batches: the state
+before those changes, not counted as "ours" in the speed-up table), ours-openvino (if ``openvino`` is
+installed), torch (official layout, eager, no_grad), torch-onnx (the same exported by ``torch.onnx`` in a
+plain onnxruntime session, whole batches: what a user of upstream alone gets), torch-onnx-tuned (that file
+with our session settings and micro-batches: how much of our lead is the model itself), ppim.
+``--train-step`` adds one SGD step of CondenseNetV2-A, training form, ours vs the upstream-layout torch model. An engine that fails is reported with its reason; the exit status
 is 0 only if every requested engine ran (optional engines that are not installed excepted).
 
   python benchmarks/benchmark.py                                  # A, B, C, ReXNet; 1 and 2 threads
   python benchmarks/benchmark.py --quick                          # smoke run: cdnv2_a, 2 threads, batch 1
   python benchmarks/benchmark.py --models cdnv2_c,rexnet_100 --rounds 3 --json out.json
   python benchmarks/benchmark.py --engines ours-onnx,torch-onnx --threads 1 --batches 16 --train-step
+  python benchmarks/benchmark.py --train-only --threads 2 --rounds 5      # the training step alone
 """
 from __future__ import annotations
 
@@ -56,9 +62,12 @@ CHILD = HERE / "engines.py"
 MARK = "@@BENCH@@"
 MODELS = ("cdnv2_a", "cdnv2_b", "cdnv2_c", "rexnet_100")
 ALIASES = {"a": "cdnv2_a", "b": "cdnv2_b", "c": "cdnv2_c", "rexnet": "rexnet_100"}
-ENGINES = ("ours-dygraph", "ours-infer", "ours-onnx", "ours-openvino", "torch", "torch-onnx", "ppim")
-OURS = tuple(e for e in ENGINES if e.startswith("ours"))
-RIVALS = ("torch", "torch-onnx", "ppim")
+ENGINES = ("ours-dygraph", "ours-infer", "ours-onnx", "ours-onnx-int8", "ours-onnx-plain", "ours-openvino", "torch",
+           "torch-onnx", "torch-onnx-tuned", "ppim")
+# not "ours" in the speed-up table: the export before this project's ONNX work, kept to show its effect
+BASELINES = ("ours-onnx-plain",)
+OURS = tuple(e for e in ENGINES if e.startswith("ours") and e not in BASELINES)
+RIVALS = ("torch", "torch-onnx", "torch-onnx-tuned", "ppim")
 OPTIONAL = {"ours-openvino": "openvino", "ppim": "ppim"}  # engine → module; skipped if not installed
 PACKAGES = ("paddlepaddle", "torch", "onnxruntime", "onnx", "paddle2onnx", "ppim", "openvino", "numpy", "ppcdnv2")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -102,6 +111,8 @@ class Child:
 
     def __call__(self, label: str, job_args, threads: int) -> dict:
         env = dict(os.environ, PYTHONUNBUFFERED="1", **{k: str(threads) for k in THREAD_ENV})
+        # the checkout's ppcdnv2 even where it is not pip-installed (the child runs from benchmarks/)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p)
         self.count += 1
         log = self.logdir / f"{self.count:03d}-{label.replace('/', '_')}.log"
         t = time.perf_counter()
@@ -148,10 +159,14 @@ def summarise(runs, models, threads_list, engines, batches) -> dict:
                     for b in batches:
                         per_round = [r["timing"][str(b)]["median_s"] for r in ok if str(b) in r["timing"]]
                         busy = [r["timing"][str(b)]["cores_busy"] for r in ok if str(b) in r["timing"]]
+                        cpu = [r["timing"][str(b)]["cpu_per_call_s"] for r in ok
+                               if "cpu_per_call_s" in r["timing"].get(str(b), {})]
                         if per_round:
                             s[str(b)] = {"median_s": statistics.median(per_round), "min_s": min(per_round),
                                          "max_s": max(per_round), "rounds": per_round,
                                          "cores_busy": statistics.median(busy)}
+                            if cpu:
+                                s[str(b)]["cpu_per_call_s"] = statistics.median(cpu)
                 out.setdefault(m, {}).setdefault(str(n), {})[e] = s
     return out
 
@@ -173,8 +188,37 @@ def _latency(s, batch, spread):
     return text + (f" ({lo:.{prec}f}–{hi:.{prec}f})" if spread and len(s["rounds"]) > 1 else "")
 
 
+def train_report(data: dict) -> list:
+    """The training-step table: per thread count, each side's median over rounds and torch/ours per round."""
+    lines = ["", "### One SGD step, CondenseNetV2-A training form (batch 16, 224², cross-entropy)", "",
+             "| threads | ours (Paddle) s/step | upstream layout (torch) s/step | torch / ours "
+             "| CPU s/step: ours, torch | load before → after |",
+             "|---|---|---|---|---|---|"]
+    for n, t in data["train_step"].items():
+        o, r = t.get("paddle", {}), t.get("torch", {})
+        fmt = lambda x: f"{x['median_s']:.2f}" if x.get("ok") else f"failed: {x.get('error')}"
+        ratios = t.get("ratios") or ([r["median_s"] / o["median_s"]] if o.get("ok") and r.get("ok") else [])
+        ratio = f"{statistics.median(ratios):.2f}×" if ratios else "—"
+        if len(ratios) > 1:  # the same-round ratios: a load change between rounds cancels out of each
+            ratio += f" ({min(ratios):.2f}–{max(ratios):.2f} over {len(ratios)} rounds)"
+        loads = "; ".join(f"{l['before']} → {l['after']}" for l in t.get("loads", [])) or "—"
+        cpu = ", ".join(f"{x['cpu_s']:.2f}" if x.get("cpu_s") is not None else "—" for x in (o, r))
+        lines.append(f"| {n} | {fmt(o)} | {fmt(r)} | {ratio} | {cpu} | {loads} |")
+    return lines
+
+
 def report(data: dict) -> str:
     info, args = data["machine"], data["args"]
+    if args.get("train_only"):
+        v = info["versions"]
+        lines = ["## Training step, one process per framework", "",
+                 f"{info['date']}, {info['cpu']} ({info['cores']} cores), Python {info['python']}; paddlepaddle "
+                 f"{v.get('paddlepaddle')}, torch {v.get('torch')}. {args['train_rounds']} round(s) of one child "
+                 f"per framework (order alternating); each child: 1 warm-up step, median of {args['train_steps']}."]
+        lines += train_report(data)
+        if data["failures"]:
+            lines += ["", "Failed: " + "; ".join(data["failures"])]
+        return "\n".join(lines)
     batches, models, threads_list = args["batches"], args["models"], args["threads"]
     engines = data["engines_run"]
     summary, prep = data["summary"], data["prep"]
@@ -252,6 +296,32 @@ def report(data: dict) -> str:
                 lines.append(f"| {m} | {n} | {b} | {best[0]} | " + " | ".join(cells) + " |")
     if lines[-1].startswith("|---"):
         lines[-2:] = ["(no engine of ours ran: nothing to compare)"]
+    # with one thread the process's CPU time per call is the work itself, whatever else the machine runs
+    if 1 in threads_list:
+        rows = []
+        for m in models:
+            cell = summary[m]["1"]
+            for b in batches:
+                cpu = {e: cell[e][str(b)]["cpu_per_call_s"] for e in cell
+                       if str(b) in cell[e] and "cpu_per_call_s" in cell[e][str(b)]}
+                mine = {e: t for e, t in cpu.items() if e in OURS}
+                if not mine:
+                    continue
+                eng, secs = min(mine.items(), key=lambda kv: kv[1])
+                per_img = secs / b * 1000
+                cells = [f"{cpu[r] / secs:.2f}×" if r in cpu else "—" for r in RIVALS]
+                util = ""
+                macs, g = prep.get(m, {}).get("macs_ours"), gemm.get("1")
+                if macs and g:
+                    util = f"{b / secs * macs / (g * 1e9) * 100:.1f}%"
+                rows.append(f"| {m} | {b} | {eng} | {per_img:.1f} | {util or '—'} | " + " | ".join(cells) + " |")
+        if rows:
+            lines += ["", "### The same from CPU time (1 thread): robust to other load on the machine", "",
+                      "CPU seconds the engine's process used per call (user + system, over the timed calls); with "
+                      "one thread that is its work, while wall time also counts the waits for a core.", "",
+                      "| model | batch | ours (least CPU) | ours CPU ms/img | util. (CPU) | "
+                      + " | ".join(f"vs {r}" for r in RIVALS) + " |", "|---|---|---|---|---|" + "---|" * len(RIVALS)]
+            lines += rows
     # utilisation basis, condense, sizes
     if gemm:
         lines += ["", "GEMM baseline (numpy float32 2048², best of 6 calls, best over rounds): "
@@ -274,16 +344,46 @@ def report(data: dict) -> str:
         lines.append(f"| {m} | {p['macs_ours'] / 1e6:.1f} | {p['macs_official'] / 1e6:.1f} | {ctext} | {p['logit_std']:.2f} | {sizes}"
                      + (f"; failed: {errs}" if errs else "") + " |")
     if data.get("train_step"):
-        lines += ["", "### One SGD step, CondenseNetV2-A training form (batch 16, 224², cross-entropy)", "",
-                  "| threads | ours (Paddle) s/step | upstream layout (torch) s/step | torch / ours |", "|---|---|---|---|"]
-        for n, t in data["train_step"].items():
-            o, r = t.get("paddle", {}), t.get("torch", {})
-            fmt = lambda x: f"{x['median_s']:.2f}" if x.get("ok") else f"failed: {x.get('error')}"
-            ratio = f"{r['median_s'] / o['median_s']:.2f}×" if o.get("ok") and r.get("ok") else "—"
-            lines.append(f"| {n} | {fmt(o)} | {fmt(r)} | {ratio} |")
+        lines += train_report(data)
     if data["failures"]:
         lines += ["", "Failed: " + "; ".join(data["failures"])]
     return "\n".join(lines)
+
+
+# --- training step ------------------------------------------------------------------------------------
+def train_steps(child, args, failures) -> dict:
+    """``--train-rounds`` rounds per thread count, each a Paddle then a torch child (order alternating).
+
+    Per thread count and framework: ``median_s``, the median over rounds of each child's median step;
+    ``ratios``: torch / ours of each round, so that a load change between rounds cancels out.
+    """
+    out = {}
+    for i, n in enumerate(args.threads):
+        runs, loads, ratios = {"paddle": [], "torch": []}, [], []
+        for r in range(args.train_rounds):
+            before = load_average()
+            for fw in (("paddle", "torch") if (i + r) % 2 == 0 else ("torch", "paddle")):
+                say(f"[train step] round {r + 1}/{args.train_rounds}, {fw}, {n} thread(s) ...")
+                res = child(f"train-r{r + 1}-{fw}-{n}t", ["train", "--framework", fw, "--threads", str(n), "--steps",
+                                                         str(args.train_steps)], n)
+                runs[fw].append(res)
+                if res.get("ok"):
+                    say(f"  {fw} {res['median_s']:.3f} s/step (CPU {res.get('cpu_s', float('nan')):.3f} s)")
+                else:
+                    failures.append(f"train step {fw} {n}t round {r + 1}: {res['error']}")
+            loads.append({"round": r + 1, "before": before, "after": load_average()})
+            if runs["paddle"][-1].get("ok") and runs["torch"][-1].get("ok"):
+                ratios.append(runs["torch"][-1]["median_s"] / runs["paddle"][-1]["median_s"])
+        cell = {"ratios": ratios, "loads": loads}
+        for fw, rs in runs.items():
+            ok = [x for x in rs if x.get("ok")]
+            cpu = [x["cpu_s"] for x in ok if x.get("cpu_s") is not None]
+            cell[fw] = ({"ok": True, "median_s": statistics.median(x["median_s"] for x in ok),
+                         "cpu_s": statistics.median(cpu) if cpu else None,
+                         "rounds_s": [x["median_s"] for x in ok], "runs": rs} if ok else
+                        {"ok": False, "error": "; ".join(sorted({x["error"] for x in rs})), "runs": rs})
+        out[str(n)] = cell
+    return out
 
 
 # --- main ---------------------------------------------------------------------------------------------
@@ -304,6 +404,11 @@ def parse_args(argv):
                    help="smoke run: cdnv2_a (unless --models), 2 threads, 1 round, 5 calls, batch 1")
     p.add_argument("--train-step", action="store_true", help="also time one SGD step of CondenseNetV2-A, training form")
     p.add_argument("--train-steps", type=int, default=3, help="timed steps for --train-step (default 3)")
+    p.add_argument("--train-only", action="store_true",
+                   help="time only the training step (no artefacts, no inference engines); implies --train-step")
+    p.add_argument("--train-rounds", type=int,
+                   help="rounds of the training step, each a Paddle and a torch child "
+                        "(default 1; with --train-only: --rounds)")
     p.add_argument("--workdir", help="keep the artefacts and child logs here (default: a temporary folder)")
     p.add_argument("--timeout", type=float, default=900, help="seconds before a child is given up (default 900)")
     p.add_argument("--seed", type=int, default=0)
@@ -334,6 +439,12 @@ def parse_args(argv):
     if min(threads + batches) < 1 or args.rounds < 1 or args.iters < 1:
         p.error("thread counts, batch sizes, --rounds and --iters must be >= 1")
     args.models, args.engines, args.threads, args.batches = models, [e for e in ENGINES if e in engines], threads, batches
+    if args.train_only:
+        args.train_step, args.models = True, []
+    if args.train_rounds is None:
+        args.train_rounds = args.rounds if args.train_only else 1
+    if args.train_rounds < 1 or args.train_steps < 1:
+        p.error("--train-rounds and --train-steps must be >= 1")
     return args
 
 
@@ -378,10 +489,12 @@ def main(argv=None) -> int:
                 data["condense"][m] = child(f"condense-{m}", ["condense", "--model", m, "--dir", str(work / m),
                                                               "--threads", str(prep_threads)], prep_threads)
         needs = {"ours-infer": "ours Paddle Inference .pdiparams", "ours-onnx": "ours .onnx",
+                 "ours-onnx-int8": "ours .int8.onnx", "ours-onnx-plain": "ours .onnx as paddle2onnx writes it",
                  "ours-openvino": "ours .onnx", "torch-onnx": "official-layout .onnx (torch.onnx)",
+                 "torch-onnx-tuned": "official-layout .onnx (torch.onnx)",
                  "ppim": "ppim .pdparams", "torch": "official-layout .pth", "ours-dygraph": "ours .pdparams"}
         # 2. rounds
-        for r in range(args.rounds):
+        for r in range(0 if args.train_only else args.rounds):
             before = load_average()
             say(f"[round {r + 1}/{args.rounds}] load average {before}")
             for n in args.threads:
@@ -417,15 +530,7 @@ def main(argv=None) -> int:
         data["gemm"] = {n: max(v) for n, v in data["gemm_rounds"].items()}  # attainable rate: load only lowers it
         # 3. optional training step
         if args.train_step:
-            data["train_step"] = {}
-            for i, n in enumerate(args.threads):
-                for fw in (("paddle", "torch") if i % 2 == 0 else ("torch", "paddle")):
-                    say(f"[train step] {fw}, {n} thread(s) ...")
-                    res = child(f"train-{fw}-{n}t", ["train", "--framework", fw, "--threads", str(n), "--steps",
-                                                    str(args.train_steps)], n)
-                    data["train_step"].setdefault(str(n), {})[fw] = res
-                    if not res.get("ok"):
-                        failures.append(f"train step {fw} {n}t: {res['error']}")
+            data["train_step"] = train_steps(child, args, failures)
         data["summary"] = summarise(data["runs"], args.models, args.threads, engines, args.batches)
         for m, by_threads in data["summary"].items():
             for n, cell in by_threads.items():

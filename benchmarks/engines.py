@@ -28,7 +28,8 @@ MARK = "@@BENCH@@"
 REPO = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("paddle", "torch", "onnxruntime", "openvino")
 ENGINE_FRAMEWORK = {"ours-dygraph": "paddle", "ours-infer": "paddle", "ours-onnx": "onnxruntime",
-                    "ours-openvino": "openvino", "torch": "torch", "torch-onnx": "onnxruntime", "ppim": "paddle"}
+                    "ours-onnx-int8": "onnxruntime", "ours-onnx-plain": "onnxruntime", "ours-openvino": "openvino",
+                    "torch": "torch", "torch-onnx": "onnxruntime", "torch-onnx-tuned": "onnxruntime", "ppim": "paddle"}
 IMAGE = 224
 
 warnings.filterwarnings("ignore")  # framework import chatter would bury the one line that matters
@@ -179,9 +180,21 @@ def prep(args) -> dict:
     if "ours-infer" in engines:
         step("ours Paddle Inference .pdiparams", lambda: export_inference(ours, out / "infer" / "model"),
              out / "infer" / "model.pdiparams")
-    if engines & {"ours-onnx", "ours-openvino"}:
+    if engines & {"ours-onnx", "ours-openvino", "ours-onnx-int8"}:
         step("ours .onnx", lambda: export_onnx(ours, out / "ours.onnx"), out / "ours.onnx")
-    if "torch-onnx" in engines:
+    if "ours-onnx-plain" in engines:
+        step("ours .onnx as paddle2onnx writes it", lambda: export_onnx(ours, out / "ours.plain.onnx", optimize=False),
+             out / "ours.plain.onnx")
+    if "ours-onnx-int8" in engines and (out / "ours.onnx").is_file():
+        def int8():
+            from ppcdnv2.deploy.quantize import quantize_onnx
+
+            # the random weights' BatchNorms were fitted to N(0, 1) images: calibrate on the same distribution
+            # (other images than the reference batch)
+            calib = np.random.default_rng(args.seed + 2).standard_normal((16, 3, IMAGE, IMAGE)).astype(np.float32)
+            res["int8"] = quantize_onnx(out / "ours.onnx", out / "ours.int8.onnx", calib, "noise")
+        step("ours .int8.onnx", int8, out / "ours.int8.onnx")
+    if engines & {"torch-onnx", "torch-onnx-tuned"}:
         def torch_onnx():
             with torch.no_grad():
                 torch.onnx.export(torch_model, (torch.from_numpy(x[:1]),), str(out / "official.onnx"), dynamo=False,
@@ -222,8 +235,27 @@ def condense_time(args) -> dict:
 
 
 # --- engines ------------------------------------------------------------------------------------------
+def _ort_session_module():
+    """``ppcdnv2/deploy/ort_session.py`` (what ``OnnxPredictor`` runs) loaded by path: importing it as part of
+    ``ppcdnv2`` would import Paddle (the package ``__init__``) into an onnxruntime-only process."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("ppcdnv2")
+    path = Path(spec.submodule_search_locations[0]) / "deploy" / "ort_session.py"
+    mod_spec = importlib.util.spec_from_file_location("_ppcdnv2_ort_session", path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
+def _deployed_onnx(path: Path, threads: int):
+    """Our deployment path: ``OnnxPredictor``'s session settings and micro-batches (``ppcdnv2.deploy.ort_session``)."""
+    return _ort_session_module().OrtRunner(path, threads=threads)
+
+
 def _onnxruntime(path: Path, threads: int):
-    """Plain onnxruntime, same options for our ONNX and torch's: n intra-op threads, 1 inter-op."""
+    """Plain onnxruntime as a user of upstream runs it: n intra-op threads, 1 inter-op, the whole batch in one
+    call, onnxruntime's defaults otherwise (thread spinning on)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -260,9 +292,15 @@ def load_engine(engine: str, model: str, d: Path, threads: int):
 
         return PaddlePredictor(d / "infer" / "model", threads=threads)
     if engine == "ours-onnx":
-        return _onnxruntime(d / "ours.onnx", threads)
+        return _deployed_onnx(d / "ours.onnx", threads)
+    if engine == "ours-onnx-int8":
+        return _deployed_onnx(d / "ours.int8.onnx", threads)
+    if engine == "ours-onnx-plain":  # before the graph rewrites, session settings and micro-batches
+        return _onnxruntime(d / "ours.plain.onnx", threads)
     if engine == "torch-onnx":
         return _onnxruntime(d / "official.onnx", threads)
+    if engine == "torch-onnx-tuned":  # the official model given our session settings and micro-batches
+        return _deployed_onnx(d / "official.onnx", threads)
     if engine == "ours-openvino":
         import openvino as ov
 
@@ -316,9 +354,10 @@ def run_engine(args) -> dict:
             t = time.perf_counter()
             fn(x)
             times.append(time.perf_counter() - t)
-        busy = (_cpu_seconds() - cpu0) / max(time.perf_counter() - wall0, 1e-9)
+        cpu = _cpu_seconds() - cpu0
+        busy = cpu / max(time.perf_counter() - wall0, 1e-9)
         res["timing"][str(batch)] = {"median_s": statistics.median(times), "min_s": min(times), "calls": calls,
-                                     "cores_busy": busy, "times_s": times}
+                                     "cores_busy": busy, "cpu_per_call_s": cpu / calls, "times_s": times}
     own = ENGINE_FRAMEWORK[args.engine]
     res["foreign_frameworks"] = sorted(f for f in FRAMEWORKS if f != own and f in sys.modules)
     return res
@@ -381,13 +420,16 @@ def train_step(args) -> dict:
             opt.step()
             opt.zero_grad()
     step()  # warm-up
-    times = []
+    times, cpu = [], []
     for _ in range(args.steps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu_seconds()
         step()
         times.append(time.perf_counter() - t)
+        cpu.append(_cpu_seconds() - c)
+    # CPU seconds per step: the work done, less sensitive than wall time to other processes on the machine
     return {"framework": args.framework, "threads": args.threads, "median_s": statistics.median(times),
-            "times_s": times}
+            "times_s": times, "cpu_s": statistics.median(cpu),
+            "mkl_debug_cpu_type": os.environ.get("MKL_DEBUG_CPU_TYPE")}
 
 
 def main(argv=None) -> int:

@@ -270,3 +270,13 @@ def test_eval_maps_a_few_class_folders_to_the_model_classes_or_refuses(tmp_path,
     labels.write_text("\n".join("n02123045" if n == "tabby" else n for n in names) + "\n")
     assert eval_main(args + ["--labels", str(labels)]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["top1"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("text", ["1", "[1, 2]", "{\"preprocess\": 3}", "{\"model\": \"x\", \"bogus\": 1}"])
+def test_export_metadata_that_is_json_but_not_ours_is_one_clear_error(tmp_path, text):
+    from ppcdnv2.deploy.export import ExportError, ExportMeta
+
+    path = tmp_path / "m.meta.json"
+    path.write_text(text)
+    with pytest.raises(ExportError, match="not a readable export metadata file"):
+        ExportMeta.load(path)

@@ -313,6 +313,12 @@ class _Readers:
 
 
 def _peak_mb() -> int:
+    """This process's own peak RSS in MiB: ``VmHWM`` starts afresh at exec, while ``ru_maxrss`` keeps the
+    peak of the forking parent (a pytest process that grew to gigabytes hides any blow-up here)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 
 

@@ -305,7 +305,10 @@ def test_plain_numpy_values_still_read(tmp_path):
 _CHILD = """\
 import resource, sys
 from ppcdnv2.convert.cli import main
-def peak():
+def peak():  # VmHWM: this process's own peak (ru_maxrss would keep the forking pytest's)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) // 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
 print("BASELINE", peak(), flush=True)
 for src in sys.argv[1:]:

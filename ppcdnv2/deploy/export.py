@@ -31,6 +31,12 @@ PARAMS_SUFFIX = ".pdiparams"
 META_SUFFIX = ".meta.json"
 
 
+def int8_path(onnx_path) -> Path:
+    """Where ``--quantize int8`` writes beside a float32 ``X.onnx``: ``X.int8.onnx``."""
+    p = Path(onnx_path)
+    return p.with_name((p.name[:-len(".onnx")] if p.name.endswith(".onnx") else p.name) + ".int8.onnx")
+
+
 class ExportError(RuntimeError):
     """An export or a lookup of exported files failed; the message names the file."""
 
@@ -68,6 +74,7 @@ class ExportMeta:
     input_size: int = 224
     preprocess: Preprocess = field(default_factory=Preprocess)
     labels: Optional[str] = "imagenet"  # "imagenet" (the packaged names) or None (indexes only)
+    quantization: Optional[dict] = None  # int8 exports: scheme and calibration (ppcdnv2.deploy.quantize)
 
     def save(self, path) -> None:
         _atomic_text(Path(path), json.dumps(asdict(self), indent=2) + "\n")
@@ -79,7 +86,7 @@ class ExportMeta:
             d["preprocess"] = Preprocess(**{k: tuple(v) if isinstance(v, list) else v
                                             for k, v in d.get("preprocess", {}).items()})
             return cls(**d)
-        except (OSError, ValueError, TypeError) as e:
+        except (OSError, ValueError, TypeError, AttributeError) as e:  # AttributeError: JSON, but not an object
             raise ExportError(f"{path}: not a readable export metadata file ({e})") from None
 
 
@@ -198,8 +205,12 @@ def paddle_to_onnx(exported, onnx_path, opset: int = 13) -> Path:
     return onnx_path
 
 
-def export_onnx(model, onnx_path, meta: Optional[ExportMeta] = None, opset: int = 13) -> Path:
-    """ONNX file of ``model``: traced with ONNX-convertible ops (``portable_ops``), then ``paddle2onnx``."""
+def export_onnx(model, onnx_path, meta: Optional[ExportMeta] = None, opset: int = 13, optimize: bool = True) -> Path:
+    """ONNX file of ``model``: traced with ONNX-convertible ops (``portable_ops``), then ``paddle2onnx``, then
+    (``optimize``, the default) the exact graph rewrites of ``ppcdnv2.deploy.onnx_opt`` for onnxruntime
+    (BatchNorm folded through the channel shuffles and activations moved next to their convolutions, the
+    folded SFR as an in-place MatMul, small grouped convolutions in forms onnxruntime blocks, Identity
+    nodes dropped); ``optimize=False`` keeps paddle2onnx's graph."""
     from ..layers.condensed import portable_ops
 
     onnx_path = Path(onnx_path)
@@ -207,7 +218,13 @@ def export_onnx(model, onnx_path, meta: Optional[ExportMeta] = None, opset: int 
     with tempfile.TemporaryDirectory(dir=onnx_path.parent, prefix=f".{onnx_path.name}.trace.") as tmp:
         with portable_ops():
             files = export_inference(model, Path(tmp) / "portable")
-        paddle_to_onnx(files, onnx_path, opset)
+        if optimize:
+            from .onnx_opt import optimize_onnx_file
+
+            raw = paddle_to_onnx(files, Path(tmp) / "raw.onnx", opset)
+            atomic_write(onnx_path, lambda dst: optimize_onnx_file(raw, dst))
+        else:
+            paddle_to_onnx(files, onnx_path, opset)
     if meta is not None:
         meta.save(onnx_path.with_suffix(META_SUFFIX))
     return onnx_path

@@ -13,6 +13,8 @@ from typing import Optional
 import numpy as np
 
 from .export import META_SUFFIX, ExportError, ExportMeta, Preprocess, find_exported
+from .ort_session import DEFAULT_MICRO_BATCH
+from .params_check import check_params_file
 
 from ..weights import has_gpu as gpu_available, is_weights_file
 
@@ -24,6 +26,18 @@ def set_threads(n: int) -> None:
     from paddle.base import core
 
     core.set_num_threads(int(n))
+
+
+def _first_line(e: Exception) -> str:
+    """The line of a (often multi-line, "In user code: ...") engine error that says what went wrong."""
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    named = [l for l in lines if "Error" in l or "error" in l]
+    return ((named or lines or [type(e).__name__])[0])[:200]
+
+
+def _run_failed(what, x, e: Exception) -> "ExportError":
+    return ExportError(f"{what}: the model failed to run on a batch of shape {list(np.shape(x))} ({_first_line(e)}); "
+                       f"a corrupt export? export it again")
 
 
 def _check_input(x) -> np.ndarray:
@@ -41,6 +55,8 @@ class PaddlePredictor:
         from paddle import inference
 
         files = find_exported(path)
+        check_params_file(files.params_file)  # Paddle trusts the sizes in it: a flipped bit can cost gigabytes
+        self._files = files
         self.meta = meta or (ExportMeta.load(files.meta_file) if files.meta_file else None)
         config = inference.Config(str(files.model_file), str(files.params_file))
         if device == "gpu":
@@ -62,7 +78,7 @@ class PaddlePredictor:
         try:
             self._predictor = inference.create_predictor(config)
         except Exception as e:  # a corrupt program or parameters file: Paddle's message names neither
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = _first_line(e)
             raise ExportError(f"{files.model_file} / {files.params_file.name}: not a loadable Paddle Inference "
                               f"model ({first}); export it again") from None
         self._input = self._predictor.get_input_handle(self._predictor.get_input_names()[0])
@@ -71,7 +87,7 @@ class PaddlePredictor:
     def clone(self) -> "PaddlePredictor":
         """A predictor sharing the loaded weights, for another thread (Paddle Inference's ``clone``)."""
         twin = object.__new__(PaddlePredictor)
-        twin.meta, twin.name = self.meta, self.name
+        twin.meta, twin.name, twin._files = self.meta, self.name, self._files
         twin._predictor = self._predictor.clone()
         twin._input = twin._predictor.get_input_handle(twin._predictor.get_input_names()[0])
         twin._output = twin._predictor.get_output_handle(twin._predictor.get_output_names()[0])
@@ -81,26 +97,36 @@ class PaddlePredictor:
         x = _check_input(x)
         self._input.reshape(list(x.shape))
         self._input.copy_from_cpu(x)
-        self._predictor.run()
+        try:
+            self._predictor.run()
+        except Exception as e:  # a damaged program can load and fail here, with a multi-line message
+            raise _run_failed(f"{self._files.model_file} / {self._files.params_file.name}", x, e) from None
         return self._output.copy_to_cpu()
 
 
 class OnnxPredictor:
-    """onnxruntime on an exported ``.onnx`` (CPU execution provider unless CUDA is asked for and present)."""
+    """onnxruntime on an exported ``.onnx`` (CPU execution provider unless CUDA is asked for and present).
 
-    def __init__(self, path, threads: int = 2, device: str = "cpu", meta: Optional[ExportMeta] = None):
+    Session settings: ``ppcdnv2.deploy.ort_session.session_options`` (``spinning=None``: worker threads
+    sleep between operators when ``threads > 1``, robust on a shared machine; ``True``: onnxruntime's default).
+    On CPU a batch larger than ``micro_batch`` images is run ``micro_batch`` images at a time (cache-resident
+    feature maps, see ``ort_session.OrtRunner``; the logits do not change); ``None`` runs it whole.
+    """
+
+    def __init__(self, path, threads: int = 2, device: str = "cpu", meta: Optional[ExportMeta] = None,
+                 spinning: Optional[bool] = None, micro_batch: Optional[int] = DEFAULT_MICRO_BATCH):
         try:
             import onnxruntime as ort
         except ImportError:
             raise RuntimeError("the onnx backend needs onnxruntime: pip install onnxruntime") from None
+        from .ort_session import OrtRunner, session_options
+
         path = Path(path)
         if not path.is_file():
             raise ExportError(f"{path}: no such ONNX file")
         meta_file = path.with_suffix(META_SUFFIX)
         self.meta = meta or (ExportMeta.load(meta_file) if meta_file.is_file() else None)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
+        opts = session_options(threads, spinning)  # settings and why: ppcdnv2.deploy.ort_session
         providers = ["CPUExecutionProvider"]
         if device == "gpu":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -110,12 +136,18 @@ class OnnxPredictor:
         try:
             self._session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:  # InvalidProtobuf and friends: a corrupt or truncated file
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            first = _first_line(e)
             raise ExportError(f"{path}: not a readable ONNX model ({first}); export it again") from None
+        self._path = path
         self._input = self._session.get_inputs()[0].name
+        self._run = OrtRunner(path, micro_batch=micro_batch if device == "cpu" else None, session=self._session)
 
     def __call__(self, x) -> np.ndarray:
-        return self._session.run(None, {self._input: _check_input(x)})[0]
+        x = _check_input(x)
+        try:
+            return self._run(x)
+        except Exception as e:  # onnxruntime's own exception types (InvalidArgument, Fail, ...)
+            raise _run_failed(self._path, x, e) from None
 
 
 class DygraphPredictor:
