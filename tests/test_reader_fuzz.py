@@ -211,7 +211,8 @@ def mutate(data: bytes, rng: random.Random, hot, text: bool = False):
     else:
         digits = [i for i, c in enumerate(data) if 48 <= c <= 57]
         for _ in range(rng.randint(1, 3)):
-            data[rng.choice(digits)] = rng.choice(b"0123456789")
+            at = rng.choice(digits)
+            data[at] = rng.choice([d for d in b"0123456789" if d != data[at]])  # always a change
     return bytes(data), kind
 
 
