@@ -200,9 +200,12 @@ def mutate(data: bytes, rng: random.Random, hot, text: bool = False):
 
     kinds = ["flip", "flip", "truncate", "insert"] + (["digit", "digit"] if text else [])
     kind = rng.choice(kinds)
-    if kind == "flip":
+    if kind == "flip":  # distinct bits: two flips of one bit would cancel into a no-op "mutation"
+        bits = set()
         for _ in range(rng.randint(1, 4)):
-            data[position()] ^= 1 << rng.randrange(8)
+            bits.add((position(), rng.randrange(8)))
+        for at, bit in sorted(bits):
+            data[at] ^= 1 << bit
     elif kind == "truncate":
         del data[position():]
     elif kind == "insert":
@@ -210,9 +213,8 @@ def mutate(data: bytes, rng: random.Random, hot, text: bool = False):
         data[at:at] = bytes(rng.randrange(256) for _ in range(rng.choice((1, 2, 4, 8, 13))))
     else:
         digits = [i for i, c in enumerate(data) if 48 <= c <= 57]
-        for _ in range(rng.randint(1, 3)):
-            at = rng.choice(digits)
-            data[at] = rng.choice([d for d in b"0123456789" if d != data[at]])  # always a change
+        for at in rng.sample(digits, min(rng.randint(1, 3), len(digits))):  # distinct digits, each changed
+            data[at] = rng.choice([d for d in b"0123456789" if d != data[at]])
     return bytes(data), kind
 
 
