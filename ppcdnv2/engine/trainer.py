@@ -86,6 +86,16 @@ def setup_device(train_cfg: Mapping[str, Any]):
     return device, world, rank
 
 
+def steps_per_epoch_of(images: int, global_batch: int, world: int, micro: int) -> int:
+    """Whole global batches per epoch; the batch must split evenly over devices and micro-batches."""
+    if global_batch % (world * micro):
+        raise TrainError(f"train.batch_size={global_batch} must be divisible by devices x micro_batches "
+                         f"= {world} x {micro}")
+    if images < global_batch:
+        raise TrainError(f"{images} training images are fewer than one batch of {global_batch}")
+    return images // global_batch
+
+
 def note_amp_on_cpu(log) -> None:
     """``train.amp`` on CPU: say that the run computes in float32 (through the AMP code path) and silence
     Paddle's per-forward warning about it."""
@@ -194,12 +204,7 @@ def train(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite: bool 
     input_size = dc["image_size"]
 
     global_batch, micro = int(tc["batch_size"]), int(tc["micro_batches"])
-    if global_batch % (world * micro):
-        raise TrainError(f"train.batch_size={global_batch} must be divisible by devices x micro_batches "
-                         f"= {world} x {micro}")
-    steps_per_epoch = len(train_ds) // global_batch
-    if steps_per_epoch == 0:
-        raise TrainError(f"{len(train_ds)} training images are fewer than one batch of {global_batch}")
+    steps_per_epoch = steps_per_epoch_of(len(train_ds), global_batch, world, micro)
     epochs = int(tc["epochs"])
     total_steps = epochs * steps_per_epoch
     lr, warmup_lr = scaled_lrs(cfg["optimizer"], cfg["schedule"], global_batch)

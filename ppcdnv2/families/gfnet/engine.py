@@ -73,7 +73,8 @@ from ...engine.checkpoint import (CheckpointError, capture_rng, load_optimizer_a
 from ...engine.config import config_diff, dump_config
 from ...engine.runlog import plot_history, write_csv
 from ...engine.trainer import (CHECKPOINT, TrainError, _broadcast_state, _Console, _is_terminal, check_output_folder,
-                               clear_previous_run, finalize_condensation, note_amp_on_cpu, setup_device)
+                               clear_previous_run, finalize_condensation, note_amp_on_cpu, setup_device,
+                               steps_per_epoch_of)
 from ...weights import atomic_write, load_state_dict, save_weights, state_dict_numpy
 from .config import PRESETS
 from .evaluation import collect_step_maxima, evaluate_gfnet, step_mmacs
@@ -311,12 +312,7 @@ def train_gfnet(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite:
                          f"{train_ds.num_classes} classes")
     hp = gfnet_hparams(mcfg, gc, tc["batch_size"])
     batch, micro = hp.batch_size, int(tc["micro_batches"])
-    if batch % (world * micro):
-        raise TrainError(f"train.batch_size={batch} must be divisible by devices x micro_batches "
-                         f"= {world} x {micro}")
-    spe = len(train_ds) // batch
-    if spe == 0:
-        raise TrainError(f"{len(train_ds)} training images are fewer than one batch of {batch}")
+    spe = steps_per_epoch_of(len(train_ds), batch, world, micro)
     lasso = float(tc["lasso"])
 
     position = {"index": 0, "step": 0}  # stage index into `stages`, step inside that stage
