@@ -10,6 +10,10 @@ import warnings
 # and it would precede every CLI message
 warnings.filterwarnings("ignore", message="No ccache found", category=UserWarning)
 
+# before anything runs an MKL routine: Paddle's bundled MKL runs its SSE kernels on AMD CPUs (see _cpu)
+from ._cpu import enable_mkl_avx2_on_amd  # noqa: E402
+enable_mkl_avx2_on_amd()
+
 from .registry import create_model, families, get_family, list_models, preset  # noqa: E402
 from . import families as _families  # noqa: E402,F401 (registers the built-in families)
 from .families.condensenet import (CondenseNetConfig, CondenseNetV2Config, build_condensenet,  # noqa: E402

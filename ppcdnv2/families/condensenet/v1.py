@@ -12,7 +12,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn as nn
 
-from ...layers import LGC, Conv, CondenseLGC, CondenseLinear
+from ...layers import LGC, Conv, CondenseLGC, CondenseLinear, TrainConv
 from .config import CondenseNetConfig
 from .trunk import DenseTrunkNet, dense_trunk
 
@@ -29,7 +29,7 @@ class DenseLayer(nn.Layer):
         else:
             self.conv_1 = CondenseLGC(in_channels * cfg.group_1x1 // cfg.condense_factor, width, 1,
                                       groups=cfg.group_1x1)
-        self.conv_2 = Conv(width, growth, 3, padding=1, groups=cfg.group_3x3)
+        self.conv_2 = (TrainConv if form == "train" else Conv)(width, growth, 3, padding=1, groups=cfg.group_3x3)
 
     def forward(self, x):
         return paddle.concat([x, self.conv_2(self.conv_1(x))], axis=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import paddle
 import paddle.nn as nn
 
-from ...layers import LGC, SFR, Conv, CondenseLGC, CondenseSFR, HS, SELayer
+from ...layers import LGC, SFR, Conv, CondenseLGC, CondenseSFR, HS, SELayer, TrainConv
 from .config import CondenseNetV2Config
 from .trunk import DenseTrunkNet, dense_trunk
 
@@ -27,7 +27,9 @@ class SFRDenseLayer(nn.Layer):
         else:
             self.conv_1 = CondenseLGC(in_channels * cfg.group_1x1 // cfg.condense_factor, width, 1,
                                       groups=cfg.group_1x1, activation=activation)
-        self.conv_2 = Conv(width, growth, 3, padding=1, groups=cfg.group_3x3, activation=activation)
+        # TrainConv: Conv with a faster CPU input gradient (same keys)
+        self.conv_2 = (TrainConv if form == "train" else Conv)(width, growth, 3, padding=1, groups=cfg.group_3x3,
+                                                               activation=activation)
         if use_se:
             self.se = SELayer(growth, reduction=1)
         self.use_se = use_se
