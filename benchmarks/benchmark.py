@@ -43,6 +43,7 @@ is 0 only if every requested engine ran (optional engines that are not installed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import importlib.metadata
 import importlib.util
@@ -103,10 +104,11 @@ def load_average() -> str:
 
 # --- children -----------------------------------------------------------------------------------------
 class Child:
-    """Run one ``engines.py`` job in a fresh interpreter with ``threads`` everywhere in its environment."""
+    """Run one job of ``script`` (default ``engines.py``) in a fresh interpreter with ``threads`` everywhere in
+    its environment; its last ``MARK`` line is the result."""
 
-    def __init__(self, logdir: Path, timeout: float):
-        self.logdir, self.timeout, self.count = logdir, timeout, 0
+    def __init__(self, logdir: Path, timeout: float, script: Path = CHILD):
+        self.logdir, self.timeout, self.count, self.script = logdir, timeout, 0, script
         logdir.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, label: str, job_args, threads: int) -> dict:
@@ -117,7 +119,7 @@ class Child:
         log = self.logdir / f"{self.count:03d}-{label.replace('/', '_')}.log"
         t = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, str(CHILD), *job_args], capture_output=True, text=True, env=env,
+            proc = subprocess.run([sys.executable, str(self.script), *job_args], capture_output=True, text=True, env=env,
                                   timeout=self.timeout)
         except subprocess.TimeoutExpired as e:
             log.write_text(_text(e.stdout) + "\n--- stderr\n" + _text(e.stderr))
@@ -141,6 +143,33 @@ def _text(b) -> str:
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def work_folder(workdir, prefix: str):
+    """The run's folder: ``workdir`` (kept), or a temporary one removed at the end, also on error.
+
+    Yields ``(path, temporary)``.
+    """
+    if workdir:
+        work = Path(workdir)
+        work.mkdir(parents=True, exist_ok=True)
+        yield work, False
+        return
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield Path(tmp), True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish(data: dict, t_start: float, work: Path, temporary: bool, json_path, report_of) -> None:
+    """End of a run: total time, the report on stdout, where the child logs are, the JSON if asked for."""
+    data["total_s"] = time.perf_counter() - t_start
+    print(report_of(data))
+    say(f"total {data['total_s']:.0f} s; child logs in {work / 'logs'}" + (" (temporary)" if temporary else ""))
+    if json_path:
+        Path(json_path).write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 # --- aggregation --------------------------------------------------------------------------------------
@@ -464,19 +493,12 @@ def main(argv=None) -> int:
             skipped[e] = f"{mod} not installed"
         else:
             engines.append(e)
-    tmp = None
-    if args.workdir:
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.mkdtemp(prefix="ppcdnv2-bench-")
-        work = Path(tmp)
-    child = Child(work / "logs", args.timeout)
-    data = {"machine": machine_info(), "args": {k: v for k, v in vars(args).items()}, "engines_run": engines,
-            "skipped": skipped, "workdir": str(work), "prep": {}, "condense": {}, "gemm": {}, "gemm_rounds": {},
-            "runs": [], "loads": [], "failures": []}
-    failures = data["failures"]
-    try:
+    with work_folder(args.workdir, "ppcdnv2-bench-") as (work, temporary):
+        child = Child(work / "logs", args.timeout)
+        data = {"machine": machine_info(), "args": {k: v for k, v in vars(args).items()}, "engines_run": engines,
+                "skipped": skipped, "workdir": str(work), "prep": {}, "condense": {}, "gemm": {}, "gemm_rounds": {},
+                "runs": [], "loads": [], "failures": []}
+        failures = data["failures"]
         # 1. artefacts
         prep_threads = max(args.threads)
         for m in args.models:
@@ -537,14 +559,7 @@ def main(argv=None) -> int:
                 for e, s in cell.items():
                     if s["ok"] < s["runs"]:
                         failures.append(f"{m} {n}t {e}: " + "; ".join(s["errors"]))
-        data["total_s"] = time.perf_counter() - t_start
-        print(report(data))
-        say(f"total {data['total_s']:.0f} s; child logs in {work / 'logs'}" + (" (temporary)" if tmp else ""))
-        if args.json:
-            Path(args.json).write_text(json.dumps(data, indent=2, default=str) + "\n")
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        finish(data, t_start, work, temporary, args.json, report)
     return 1 if failures else 0
 
 

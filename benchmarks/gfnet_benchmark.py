@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,20 +48,6 @@ ENGINES = ("ours", "ours-onednn", "torch-ref")
 RIVAL = "torch-ref"  # every other engine is ours, compared with it
 ALL_STEPS = "all"
 N_BUDGETS = 39
-
-
-class GFNetChild(cnn.Child):
-    """``benchmark.Child`` (fresh interpreter, thread environment, log, timeout) running ``gfnet_engines.py``.
-
-    ``Child`` reads the script from its module's ``CHILD``; it is pointed at ours for the call only.
-    """
-
-    def __call__(self, label, job_args, threads):
-        saved, cnn.CHILD = cnn.CHILD, CHILD
-        try:
-            return super().__call__(label, job_args, threads)
-        finally:
-            cnn.CHILD = saved
 
 
 # --- decisions ----------------------------------------------------------------------------------------
@@ -282,18 +266,11 @@ def main(argv=None) -> int:
         print(report(data))
         return 1 if data["failures"] else 0
     t_start = time.perf_counter()
-    tmp = None
-    if args.workdir:
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.mkdtemp(prefix="ppcdnv2-gfnet-bench-")
-        work = Path(tmp)
-    child = GFNetChild(work / "logs", args.timeout)
-    data = {"machine": machine_info(), "args": dict(vars(args)), "workdir": str(work), "prep": {}, "runs": [],
-            "loads": [], "failures": []}
-    failures = data["failures"]
-    try:
+    with cnn.work_folder(args.workdir, "ppcdnv2-gfnet-bench-") as (work, temporary):
+        child = cnn.Child(work / "logs", args.timeout, script=CHILD)
+        data = {"machine": machine_info(), "args": dict(vars(args)), "workdir": str(work), "prep": {}, "runs": [],
+                "loads": [], "failures": []}
+        failures = data["failures"]
         prep_threads = max(args.threads)
         for c in args.configs:
             res = earlier_prep(work / c, args) if args.reuse_prep else None
@@ -340,14 +317,7 @@ def main(argv=None) -> int:
             for n, cell in by_threads.items():
                 if cell["mismatches"]:
                     failures.append(f"{c} {n}t: {len(cell['mismatches'])} exit decisions differ between the engines")
-        data["total_s"] = time.perf_counter() - t_start
-        print(report(data))
-        say(f"total {data['total_s']:.0f} s; child logs in {work / 'logs'}" + (" (temporary)" if tmp else ""))
-        if args.json:
-            Path(args.json).write_text(json.dumps(data, indent=2, default=str) + "\n")
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
+        cnn.finish(data, t_start, work, temporary, args.json, report)
     return 1 if failures else 0
 
 

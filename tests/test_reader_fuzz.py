@@ -138,51 +138,10 @@ def hot_ranges(fmt: str, data: bytes):
 
 
 def _pdiparams_headers(data: bytes):
-    """Each tensor's header in Paddle's parameter stream: versions, LoD, size and TensorDesc protobuf."""
-    sizes = {0: 1, 1: 2, 2: 4, 3: 8, 4: 2, 5: 4, 6: 8, 20: 1, 21: 1, 22: 2}
-    ranges, i = [], 0
-    while i < len(data):
-        start = i
-        (lod,) = struct.unpack_from("<Q", data, i + 4)
-        i += 12
-        for _ in range(lod):
-            (size,) = struct.unpack_from("<Q", data, i)
-            i += 8 + size
-        (desc,) = struct.unpack_from("<i", data, i + 4)
-        i += 8
-        body, dims, dtype, j = data[i:i + desc], [], 5, 0
-        while j < len(body):
-            key, j = _varint(body, j)
-            if key == 18:  # packed dims
-                length, j = _varint(body, j)
-                end = j + length
-                while j < end:
-                    value, j = _varint(body, j)
-                    dims.append(value)
-                continue
-            value, j = _varint(body, j)
-            if key == 8:
-                dtype = value
-            elif key == 16:
-                dims.append(value)
-        i += desc
-        ranges.append((start, i))
-        count = 1
-        for d in dims:
-            count *= d
-        i += count * sizes[dtype]
-    return ranges
+    """Each tensor's header in Paddle's parameter stream (versions, LoD, size and TensorDesc protobuf)."""
+    from ppcdnv2.deploy.params_check import tensor_headers
 
-
-def _varint(b, i):
-    out = shift = 0
-    while True:
-        c = b[i]
-        i += 1
-        out |= (c & 0x7F) << shift
-        shift += 7
-        if not c & 0x80:
-            return out, i
+    return [(start, end) for start, end, _ in tensor_headers(io.BytesIO(data), len(data))]
 
 
 def mutate(data: bytes, rng: random.Random, hot, text: bool = False):

@@ -77,47 +77,56 @@ def tensor_desc(b: bytes):
     return dtype, dims
 
 
-def check_params_file(path) -> int:
-    """Walk ``path``'s tensor headers and refuse any size past the end of the file; the number of tensors.
+def tensor_headers(f, size: int):
+    """Walk a parameters stream ``f`` of ``size`` bytes: ``(start, header end, data bytes)`` of each tensor,
+    the data skipped after each yield. Raises ``_Bad`` / ``struct.error`` on a size past the end or a header
+    Paddle would not read; a data type this table does not know ends the walk (Paddle refuses what it
+    cannot size)."""
+    def take(n: int, what: str) -> bytes:
+        if n < 0 or n > size - f.tell():
+            raise _Bad(f"{what} of {n} bytes where {size - f.tell()} remain")
+        return f.read(n)
 
-    A data type this table does not know stops the walk there (Paddle refuses what it cannot size)."""
+    while f.tell() < size:
+        start = f.tell()
+        (version,) = struct.unpack("<I", take(4, "a tensor header"))
+        if version != 0:
+            raise _Bad(f"tensor format version {version}")
+        (levels,) = struct.unpack("<Q", take(8, "a LoD level count"))
+        if levels > MAX_LOD_LEVELS:
+            raise _Bad(f"{levels} LoD levels")
+        for _ in range(levels):
+            (n,) = struct.unpack("<Q", take(8, "a LoD size"))
+            take(n, "a LoD level")
+        (version,) = struct.unpack("<I", take(4, "a tensor header"))
+        if version != 0:
+            raise _Bad(f"tensor version {version}")
+        (desc_size,) = struct.unpack("<i", take(4, "a tensor header"))
+        dtype, dims = tensor_desc(take(desc_size, "a TensorDesc"))
+        if dtype not in DTYPE_SIZES:
+            return
+        numel = 1
+        for d in dims:
+            numel *= d
+        need = numel * DTYPE_SIZES[dtype]
+        if need > size - f.tell():
+            raise _Bad(f"shape {dims} needs {need} bytes of data where {size - f.tell()} remain")
+        end = f.tell()
+        yield start, end, need
+        f.seek(end + need)  # past the data, wherever the consumer left the stream
+
+
+def check_params_file(path) -> int:
+    """Walk ``path``'s tensor headers (:func:`tensor_headers`) and refuse any size past the end of the file;
+    the number of tensors."""
     path = Path(path)
     size = os.path.getsize(path)
-    count = 0
+    count = start = 0
     with open(path, "rb") as f:
-        def take(n: int, what: str) -> bytes:
-            if n < 0 or n > size - f.tell():
-                raise _Bad(f"{what} of {n} bytes where {size - f.tell()} remain")
-            return f.read(n)
-
-        while f.tell() < size:
-            start = f.tell()
-            try:
-                (version,) = struct.unpack("<I", take(4, "a tensor header"))
-                if version != 0:
-                    raise _Bad(f"tensor format version {version}")
-                (levels,) = struct.unpack("<Q", take(8, "a LoD level count"))
-                if levels > MAX_LOD_LEVELS:
-                    raise _Bad(f"{levels} LoD levels")
-                for _ in range(levels):
-                    (n,) = struct.unpack("<Q", take(8, "a LoD size"))
-                    take(n, "a LoD level")
-                (version,) = struct.unpack("<I", take(4, "a tensor header"))
-                if version != 0:
-                    raise _Bad(f"tensor version {version}")
-                (desc_size,) = struct.unpack("<i", take(4, "a tensor header"))
-                dtype, dims = tensor_desc(take(desc_size, "a TensorDesc"))
-                if dtype not in DTYPE_SIZES:
-                    return count
-                numel = 1
-                for d in dims:
-                    numel *= d
-                need = numel * DTYPE_SIZES[dtype]
-                if need > size - f.tell():
-                    raise _Bad(f"shape {dims} needs {need} bytes of data where {size - f.tell()} remain")
-                f.seek(need, os.SEEK_CUR)
-            except (_Bad, struct.error) as e:
-                raise ExportError(f"{path}: not a loadable Paddle Inference parameters file (tensor {count} at "
-                                  f"byte {start}: {e}); export it again") from None
-            count += 1
+        try:
+            for _, end, need in tensor_headers(f, size):
+                count, start = count + 1, end + need
+        except (_Bad, struct.error) as e:
+            raise ExportError(f"{path}: not a loadable Paddle Inference parameters file (tensor {count} at "
+                              f"byte {start}: {e}); export it again") from None
     return count
