@@ -395,7 +395,7 @@ def save_weights(state: Mapping[str, np.ndarray], path, fmt: Optional[str] = Non
     return atomic_write(path, write)
 
 
-TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".ckpt", ".bin")  # torch checkpoints (".pth.tar" included)
+TORCH_SUFFIXES = (".pth", ".pt", ".tar", ".pkl", ".ckpt", ".bin", ".pyth")  # torch checkpoints (".pth.tar" included; .pyth: pycls)
 PADDLE_SUFFIXES = (".pdparams", ".safetensors")
 WEIGHT_SUFFIXES = PADDLE_SUFFIXES + TORCH_SUFFIXES
 

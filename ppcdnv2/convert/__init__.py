@@ -7,8 +7,9 @@ import numpy as np
 
 from .keymap import paddle_to_torch_state, strip_prefix, torch_to_paddle_state
 
-STATE_KEYS = {"ema": ("state_dict_ema", "model_ema", "state_dict", "model"),
-              "model": ("state_dict", "model")}
+# where trainers keep the weights (model_state: pycls' .pyth files)
+STATE_KEYS = {"ema": ("state_dict_ema", "model_ema", "state_dict", "model", "model_state"),
+              "model": ("state_dict", "model", "model_state")}
 
 
 def extract_state_dict(obj: Any, weights: str = "ema", where: str = "checkpoint") -> Tuple[Dict[str, np.ndarray], str]:

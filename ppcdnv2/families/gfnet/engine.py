@@ -75,7 +75,7 @@ from ...engine.runlog import plot_history, write_csv
 from ...engine.trainer import (CHECKPOINT, TrainError, _broadcast_state, _Console, _is_terminal, check_output_folder,
                                clear_previous_run, finalize_condensation, note_amp_on_cpu, setup_device,
                                steps_per_epoch_of)
-from ...weights import atomic_write, load_state_dict, save_weights, state_dict_numpy
+from ...weights import StateDictMismatchError, atomic_write, load_state_dict, save_weights, state_dict_numpy
 from .config import PRESETS
 from .evaluation import collect_step_maxima, evaluate_gfnet, step_mmacs
 from .model import GFNet
@@ -148,7 +148,13 @@ def load_gfnet_pretrained(model: GFNet, path: str) -> str:
         fresh = [load_initial_weights(enc, path) for enc in (model.model_prime, model.model)]
         return "both encoders" + (" (new classifiers)" if any(fresh) else "")
     if framework_of(state) == "torch":
-        model.load_components(model_prime=state, model=state)
+        from .backbones import zoo_state_to_upstream
+
+        state = zoo_state_to_upstream(state)
+        try:
+            model.load_components(model_prime=state, model=state)
+        except StateDictMismatchError as e:
+            raise TrainError(f"gfnet.pretrained={path}: not {model.cfg.backbone} weights ({e})") from None
     else:
         for enc in (model.model_prime, model.model):
             load_state_dict(enc, state, where=str(path))

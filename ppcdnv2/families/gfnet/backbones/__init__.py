@@ -11,7 +11,9 @@ Every backbone is built by name with :func:`build_backbone` and has one interfac
 State-dict keys equal upstream's without the ``module.`` prefix, up to the frameworks' renames
 (BatchNorm ``_mean``/``_variance``, Linear weights transposed), so ``ppcdnv2.convert.keymap`` maps them.
 """
+import re
 from importlib import import_module
+from typing import Dict, Mapping
 
 _MODULES = {
     "resnet50": "resnet",
@@ -38,3 +40,21 @@ def build_backbone(name: str, num_classes: int = 1000, form: str = "train", arch
         raise ValueError(f"the {name} backbone has one form and one architecture; only {', '.join(CONDENSABLE)} "
                          f"condense or take backbone_arch")
     return module.build(name, num_classes)
+
+
+# torchvision's released DenseNet files predate its module names: ``denselayer1.norm.1`` for ``norm1``
+_TORCHVISION_DENSENET = re.compile(r"(denselayer\d+)\.(norm|relu|conv)\.(\d+)\.")
+
+
+def zoo_state_to_upstream(state: Mapping) -> Dict:
+    """A backbone file as its model zoo releases it, in the key layout of upstream GFNet's models (what
+    ``train.py --model_path`` loads): pycls' RegNet keeps its classifier in ``head.fc`` where GFNet's
+    modified pycls has a top-level ``fc``; torchvision's DenseNet files use the old ``norm.1`` names.
+    Other keys pass unchanged."""
+    out = {}
+    for key, value in state.items():
+        key = _TORCHVISION_DENSENET.sub(r"\1.\2\3.", key)
+        if key.startswith("head.fc."):
+            key = key[len("head."):]
+        out[key] = value
+    return out
