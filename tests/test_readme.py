@@ -117,6 +117,18 @@ def _released_gfnet(name: str, path: Path):
     assert p.returncode == 0, p.stderr[-3000:]
 
 
+def _pycls_regnet(path: Path):
+    """pycls' RegNetY-600MF ImageNet file, as its model zoo writes it: ``model_state``, classifier ``head.fc``
+    (the weights: the GFNet fixture's glance encoder)."""
+    import torch
+
+    from gfnet_fixtures import weights
+
+    state = {("head." + k if k.startswith("fc.") else k): torch.from_numpy(np.ascontiguousarray(v))
+             for k, v in weights("regnety_600m_p96_t5", "model_prime_state_dict").items()}
+    torch.save({"epoch": 99, "model_state": state, "optimizer_state": {}}, path)
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     pytest.importorskip("torch")
@@ -128,6 +140,7 @@ def workdir(tmp_path_factory):
     _released_condensenet_v1(root / "converted_condensenet_4.pth.tar")
     (root / "rexnetv1_1.0x.pth").symlink_to(fixture_path("rexnet_1.0x_s0.pth", "rexnet"))
     _released_gfnet("regnety_600m_p96_t5", root / "gfnet_regnety_600m_p96_t5.pth.tar")
+    _pycls_regnet(root / "RegNetY-600MF_dds_8gpu.pyth")
     (root / "rexnet_100_timm.safetensors").symlink_to(fixture_path("timm_rexnet_100_s0.safetensors", "rexnet"))
     from skimage import data as skdata
 
