@@ -24,13 +24,17 @@ imports Paddle, torch or onnxruntime) and every measurement is a fresh ``benchma
    that, is the share of it a model reaches (the official layout executes more: its dense SFR matmul).
 
 Engines: ours-dygraph, ours-infer, ours-onnx (our export as ``tools/infer.py`` runs it: the graph rewrites of
-``ppcdnv2.deploy.onnx_opt``, ``OnnxPredictor``'s session settings and micro-batches), ours-onnx-int8 (the same
+``ppcdnv2.deploy.onnx_opt``, ``OnnxPredictor``'s session settings and micro-batches), ours-onnx-spin (the same
+with ``OnnxPredictor(spinning=True)``: worker threads spin between operators, onnxruntime's default; faster on
+an idle machine with > 1 thread, slower under load), ours-onnx-int8 (the same
 after ``tools/export.py --quantize int8``, calibrated on N(0, 1) images like the BatchNorms of the random
 weights), ours-onnx-plain (the export as paddle2onnx writes it in a plain session, whole batches: the state
 before those changes, not counted as "ours" in the speed-up table), ours-openvino (if ``openvino`` is
 installed), torch (official layout, eager, no_grad), torch-onnx (the same exported by ``torch.onnx`` in a
 plain onnxruntime session, whole batches: what a user of upstream alone gets), torch-onnx-tuned (that file
-with our session settings and micro-batches: how much of our lead is the model itself), ppim.
+with our session settings and micro-batches: how much of our lead is the model itself), ppim (as its users run
+it: its child gets ``PPCDNV2_CPU_TUNING=0``, because ``import ppcdnv2``, which builds its CondenseNetV2,
+would otherwise give its Paddle the AVX2 MKL kernels of ``ppcdnv2._cpu``: ~2× faster on AMD CPUs).
 ``--train-step`` adds one SGD step of CondenseNetV2-A, training form, ours vs the upstream-layout torch model. An engine that fails is reported with its reason; the exit status
 is 0 only if every requested engine ran (optional engines that are not installed excepted).
 
@@ -63,7 +67,8 @@ CHILD = HERE / "engines.py"
 MARK = "@@BENCH@@"
 MODELS = ("cdnv2_a", "cdnv2_b", "cdnv2_c", "rexnet_100")
 ALIASES = {"a": "cdnv2_a", "b": "cdnv2_b", "c": "cdnv2_c", "rexnet": "rexnet_100"}
-ENGINES = ("ours-dygraph", "ours-infer", "ours-onnx", "ours-onnx-int8", "ours-onnx-plain", "ours-openvino", "torch",
+ENGINES = ("ours-dygraph", "ours-infer", "ours-onnx", "ours-onnx-spin", "ours-onnx-int8", "ours-onnx-plain",
+           "ours-openvino", "torch",
            "torch-onnx", "torch-onnx-tuned", "ppim")
 # not "ours" in the speed-up table: the export before this project's ONNX work, kept to show its effect
 BASELINES = ("ours-onnx-plain",)
@@ -72,6 +77,7 @@ RIVALS = ("torch", "torch-onnx", "torch-onnx-tuned", "ppim")
 OPTIONAL = {"ours-openvino": "openvino", "ppim": "ppim"}  # engine → module; skipped if not installed
 PACKAGES = ("paddlepaddle", "torch", "onnxruntime", "onnx", "paddle2onnx", "ppim", "openvino", "numpy", "ppcdnv2")
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+AS_SHIPPED = {"ppim": {"PPCDNV2_CPU_TUNING": "0"}}  # engine → environment: a peer without our process settings
 
 
 # --- machine ------------------------------------------------------------------------------------------
@@ -111,8 +117,8 @@ class Child:
         self.logdir, self.timeout, self.count, self.script = logdir, timeout, 0, script
         logdir.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, label: str, job_args, threads: int) -> dict:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **{k: str(threads) for k in THREAD_ENV})
+    def __call__(self, label: str, job_args, threads: int, env=None) -> dict:
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{k: str(threads) for k in THREAD_ENV}, **(env or {}))
         # the checkout's ppcdnv2 even where it is not pip-installed (the child runs from benchmarks/)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(HERE.parent), env.get("PYTHONPATH")) if p)
         self.count += 1
@@ -511,7 +517,7 @@ def main(argv=None) -> int:
                 data["condense"][m] = child(f"condense-{m}", ["condense", "--model", m, "--dir", str(work / m),
                                                               "--threads", str(prep_threads)], prep_threads)
         needs = {"ours-infer": "ours Paddle Inference .pdiparams", "ours-onnx": "ours .onnx",
-                 "ours-onnx-int8": "ours .int8.onnx", "ours-onnx-plain": "ours .onnx as paddle2onnx writes it",
+                 "ours-onnx-spin": "ours .onnx", "ours-onnx-int8": "ours .int8.onnx", "ours-onnx-plain": "ours .onnx as paddle2onnx writes it",
                  "ours-openvino": "ours .onnx", "torch-onnx": "official-layout .onnx (torch.onnx)",
                  "torch-onnx-tuned": "official-layout .onnx (torch.onnx)",
                  "ppim": "ppim .pdparams", "torch": "official-layout .pth", "ours-dygraph": "ours .pdparams"}
@@ -538,7 +544,8 @@ def main(argv=None) -> int:
                         else:
                             res = child(f"r{r + 1}-{m}-{n}t-{e}",
                                         ["run", "--engine", e, "--model", m, "--dir", str(work / m), "--threads", str(n),
-                                         "--batches", ",".join(map(str, args.batches)), "--iters", str(args.iters)], n)
+                                         "--batches", ",".join(map(str, args.batches)), "--iters", str(args.iters)], n,
+                                        env=AS_SHIPPED.get(e))
                         res.update(base)
                         data["runs"].append(res)
                         if res.get("ok"):

@@ -27,7 +27,7 @@ import numpy as np
 MARK = "@@BENCH@@"
 REPO = Path(__file__).resolve().parents[1]
 FRAMEWORKS = ("paddle", "torch", "onnxruntime", "openvino")
-ENGINE_FRAMEWORK = {"ours-dygraph": "paddle", "ours-infer": "paddle", "ours-onnx": "onnxruntime",
+ENGINE_FRAMEWORK = {"ours-dygraph": "paddle", "ours-infer": "paddle", "ours-onnx": "onnxruntime", "ours-onnx-spin": "onnxruntime",
                     "ours-onnx-int8": "onnxruntime", "ours-onnx-plain": "onnxruntime", "ours-openvino": "openvino",
                     "torch": "torch", "torch-onnx": "onnxruntime", "torch-onnx-tuned": "onnxruntime", "ppim": "paddle"}
 IMAGE = 224
@@ -180,7 +180,7 @@ def prep(args) -> dict:
     if "ours-infer" in engines:
         step("ours Paddle Inference .pdiparams", lambda: export_inference(ours, out / "infer" / "model"),
              out / "infer" / "model.pdiparams")
-    if engines & {"ours-onnx", "ours-openvino", "ours-onnx-int8"}:
+    if engines & {"ours-onnx", "ours-onnx-spin", "ours-openvino", "ours-onnx-int8"}:
         step("ours .onnx", lambda: export_onnx(ours, out / "ours.onnx"), out / "ours.onnx")
     if "ours-onnx-plain" in engines:
         step("ours .onnx as paddle2onnx writes it", lambda: export_onnx(ours, out / "ours.plain.onnx", optimize=False),
@@ -248,9 +248,9 @@ def _ort_session_module():
     return module
 
 
-def _deployed_onnx(path: Path, threads: int):
+def _deployed_onnx(path: Path, threads: int, spinning=None):
     """Our deployment path: ``OnnxPredictor``'s session settings and micro-batches (``ppcdnv2.deploy.ort_session``)."""
-    return _ort_session_module().OrtRunner(path, threads=threads)
+    return _ort_session_module().OrtRunner(path, threads=threads, spinning=spinning)
 
 
 def _onnxruntime(path: Path, threads: int):
@@ -293,6 +293,8 @@ def load_engine(engine: str, model: str, d: Path, threads: int):
         return PaddlePredictor(d / "infer" / "model", threads=threads)
     if engine == "ours-onnx":
         return _deployed_onnx(d / "ours.onnx", threads)
+    if engine == "ours-onnx-spin":  # OnnxPredictor(spinning=True): workers spin between operators (threads > 1)
+        return _deployed_onnx(d / "ours.onnx", threads, spinning=True)
     if engine == "ours-onnx-int8":
         return _deployed_onnx(d / "ours.int8.onnx", threads)
     if engine == "ours-onnx-plain":  # before the graph rewrites, session settings and micro-batches

@@ -43,7 +43,7 @@ def test_demo_runs_all_three_stages(tmp_path):
     log = train(tmp_path)
     for name in ("checkpoint_last.safetensors", "config.yaml", "log.csv", "model_stage1.pdparams",
                  "model_stage2.pdparams", "model_stage3.pdparams", "model_final.pdparams",
-                 "model_condensed.pdparams", "budget.png", "budget.json", "summary.json"):
+                 "model_condensed.pdparams", "budget.png", "budget.json", "summary.json", "curves.png"):
         assert (tmp_path / name).is_file(), name
     for stage in (1, 2, 3):
         assert f"stage {stage} epoch 1/1:" in log and f"stage {stage} done" in log
@@ -67,6 +67,30 @@ def test_demo_runs_all_three_stages(tmp_path):
     train_form.eval(), condensed.eval()
     x = paddle.to_tensor(np.random.default_rng(0).standard_normal([4, 3, 128, 128]).astype("float32"))
     np.testing.assert_allclose(condensed(x).numpy(), train_form(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_training_curves_draw_every_step_of_every_stage(tmp_path):
+    """curves.png: one held-out top-1 line per step with the log's values, the PPO reward beside the losses."""
+    from ppcdnv2.families.gfnet.visualize import save_training_curves, training_figure
+
+    rows = [{"epoch": 1, "stage": 1, "train_loss": 2.1, "reward": "", "val_step_top1": "40.00 61.50 70.25"},
+            {"epoch": 2, "stage": 1, "train_loss": 1.2, "reward": "", "val_step_top1": "45.00 70.00 80.00"},
+            {"epoch": 3, "stage": 2, "train_loss": "", "reward": 0.031, "val_step_top1": "45.00 75.00 82.50"},
+            {"epoch": 4, "stage": 3, "train_loss": 0.9, "reward": "", "val_step_top1": "46.00 78.00 85.00"}]
+    fig = training_figure(rows)
+    top1 = fig.axes[0]
+    lines = top1.get_lines()
+    assert [l.get_label() for l in lines] == ["step 1 (glance)", "step 2", "step 3"]
+    np.testing.assert_array_equal(lines[1].get_xdata(), [1, 2, 3, 4])
+    np.testing.assert_array_equal(lines[2].get_ydata(), [70.25, 80.0, 82.5, 85.0])
+    assert [t.get_text() for t in top1.texts] == ["stage 1: random patches", "stage 2: policy (PPO)",
+                                                  "stage 3: policy's patches"]
+    loss_line, = fig.axes[1].get_lines()
+    np.testing.assert_array_equal(loss_line.get_ydata(), [2.1, 1.2, 0.9])
+    reward_line, = fig.axes[2].get_lines()  # the twin axis
+    np.testing.assert_array_equal(reward_line.get_xdata(), [3])
+    assert save_training_curves(rows, tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+    assert training_figure([]) is None
 
 
 @pytest.mark.slow

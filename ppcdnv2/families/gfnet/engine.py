@@ -71,7 +71,7 @@ from ...engine.build import load_initial_weights, model_config
 from ...engine.checkpoint import (CheckpointError, capture_rng, load_optimizer_arrays, read_checkpoint,
                                   remove_stale_temporaries, restore_rng, save_checkpoint)
 from ...engine.config import config_diff, dump_config
-from ...engine.runlog import plot_history, write_csv
+from ...engine.runlog import write_csv
 from ...engine.trainer import (CHECKPOINT, TrainError, _broadcast_state, _Console, _is_terminal, check_output_folder,
                                clear_previous_run, finalize_condensation, note_amp_on_cpu, setup_device,
                                steps_per_epoch_of)
@@ -79,6 +79,7 @@ from ...weights import StateDictMismatchError, atomic_write, load_state_dict, sa
 from .config import PRESETS
 from .evaluation import collect_step_maxima, evaluate_gfnet, step_mmacs
 from .model import GFNet
+from .visualize import save_training_curves
 from .training import (PPO, GFNetTrainConfig, _run_sequence, build_optimizer, ppo_step, set_epoch_lr, stage_loss,
                        standard_normal, train_config, uniform_positions)
 
@@ -472,7 +473,7 @@ def train_gfnet(cfg: Mapping[str, Any], resume: Optional[str] = None, overwrite:
                 f"val top-1 per step: {' / '.join(f'{v:.2f}' for v in top1)} ({seconds:.1f} s)")
             if rank == 0:
                 write_csv(history, out / "log.csv", CSV_COLUMNS)
-                plot_history(history, out / "curves.png")
+                save_training_curves(history, out / "curves.png")
             counters["writes"] += 1
             checkpoint(kill_midway=dbg["kill_in_checkpoint"] == counters["writes"])
         if stage == 1:  # also a run resumed after stage 1's last checkpoint
