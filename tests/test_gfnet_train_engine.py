@@ -83,8 +83,8 @@ def test_training_curves_draw_every_step_of_every_stage(tmp_path):
     assert [l.get_label() for l in lines] == ["step 1 (glance)", "step 2", "step 3"]
     np.testing.assert_array_equal(lines[1].get_xdata(), [1, 2, 3, 4])
     np.testing.assert_array_equal(lines[2].get_ydata(), [70.25, 80.0, 82.5, 85.0])
-    assert [t.get_text() for t in top1.texts] == ["stage 1: random patches", "stage 2: policy (PPO)",
-                                                  "stage 3: policy's patches"]
+    assert [t.get_text() for t in top1.texts] == ["stage 1\nrandom patches", "stage 2\nPPO",
+                                                  "stage 3\npolicy's patches"]
     loss_line, = fig.axes[1].get_lines()
     np.testing.assert_array_equal(loss_line.get_ydata(), [2.1, 1.2, 0.9])
     reward_line, = fig.axes[2].get_lines()  # the twin axis
@@ -143,7 +143,7 @@ def test_hyperparameters_from_the_configuration_and_the_gfnet_section():
     cfg = load_config(str(REPO / "configs" / "gfnet_cdnv2_demo.yaml"), ["gfnet.train_model_prime=null"])
     hp = gfnet_hparams(model_config(cfg["model"], 10), cfg["gfnet"], 8)
     assert (hp.kind, hp.dsn_ratio, hp.train_model_prime, hp.dropout) == ("mobilenetv3", 5.0, False, 0.0)
-    assert hp.epochs_stage1 == 6 and hp.backbone_lr == 0.1  # the demo's own values
+    assert hp.epochs_stage1 == 30 and hp.backbone_lr == 0.1  # the demo's own values
     with pytest.raises(ConfigError, match="epoch_stage1"):
         load_config(str(DEMO), ["gfnet.epoch_stage1=3"])
     with pytest.raises(TrainError, match="gfnet.stages"):

@@ -62,6 +62,14 @@ def test_readme_has_the_two_newcomer_commands_and_ci_runs_its_test_command():
     assert "paddlepaddle-gpu" in README  # GPU users are told what to install
 
 
+def test_readme_pictures_exist():
+    """Every image the README shows is a PNG in the repository (a renamed or missing file shows as a broken link)."""
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert links
+    for link in links:
+        assert (REPO / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+
+
 def test_readme_python_api_names_exist():
     import ppcdnv2
 

@@ -54,7 +54,7 @@ def save_glance_focus(path, *args, **kwargs) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90, format="png"))
 
 
-STAGE_NAMES = {1: "stage 1: random patches", 2: "stage 2: policy (PPO)", 3: "stage 3: policy's patches"}
+STAGE_NAMES = {1: "stage 1\nrandom patches", 2: "stage 2\nPPO", 3: "stage 3\npolicy's patches"}
 
 
 def training_figure(history: List[Mapping[str, Any]]):
@@ -84,7 +84,7 @@ def training_figure(history: List[Mapping[str, Any]]):
                   va="top", fontsize=8, transform=top1.get_xaxis_transform())
     top1.set_title("held-out top-1 (%) of every step")
     top1.legend(fontsize=8, loc="lower right")
-    top1.set_ylim(top=top1.get_ylim()[1] + 0.08 * (top1.get_ylim()[1] - top1.get_ylim()[0]))  # room for the labels
+    top1.set_ylim(top=top1.get_ylim()[1] + 0.14 * (top1.get_ylim()[1] - top1.get_ylim()[0]))  # room for the labels
     trained = [(e, float(r["train_loss"])) for e, r in zip(epochs, rows) if r.get("train_loss") not in (None, "")]
     if trained:
         loss.plot([p[0] for p in trained], [p[1] for p in trained], "o", color="C0", label="training loss (stages 1, 3)")
