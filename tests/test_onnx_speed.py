@@ -153,6 +153,28 @@ def test_session_options():
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
+def test_spin_reaches_the_session_from_the_api_and_infer(exports, tmp_path, monkeypatch):
+    """load_predictor(spinning=True) and `infer.py --spin` give a spinning session; the default does not."""
+    import ppcdnv2.deploy.predictor as pred
+    from ppcdnv2.deploy.cli import infer_main
+    from PIL import Image
+
+    assert pred.load_predictor(exports["opt"], threads=2).spinning is False
+    assert pred.load_predictor(exports["opt"], threads=2, spinning=True).spinning is True
+    made = []
+    real = pred.OnnxPredictor
+
+    def spy(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(pred, "OnnxPredictor", spy)
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "img.png")
+    for flags, expect in (([], False), (["--spin"], True)):
+        assert infer_main(["-m", str(exports["opt"]), str(tmp_path / "img.png"), "--threads", "2", *flags]) == 0
+        assert made[-1].spinning is expect
+
+
 def test_int8_quantisation(exports, tmp_path):
     """int8 goes to its own file, says so in its metadata, leaves the float32 file untouched, and agrees with
     float32 on the top-1 class of images from the calibration distribution (not the calibration images)."""

@@ -231,6 +231,10 @@ def build_infer_parser(prog: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="Paddle backends: split each batch over this many threads (threads/workers math threads "
                         "each); 2 on 2 cores nearly doubles batch throughput. Default 1")
+    p.add_argument("--spin", action="store_true",
+                   help="onnxruntime with --threads > 1: worker threads spin between operators (onnxruntime's "
+                        "default; faster on a machine whose cores are otherwise idle, slower when other work "
+                        "shares them, which is why it is off by default)")
     p.add_argument("--topk", "-k", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--labels", metavar="FILE", help="class names, one per line (default: ImageNet for 1000 classes)")
@@ -258,7 +262,8 @@ def infer_main(argv: Optional[List[str]] = None, prog: Optional[str] = None) -> 
         return _fail(prog, "--budget and --draw are for step-wise models (GFNet): give --arch gfnet_...")
     try:
         predictor = load_predictor(args.model, model_name=args.arch, backend=args.backend,
-                                   device=args.device, threads=args.threads, workers=args.workers)
+                                   device=args.device, threads=args.threads, workers=args.workers,
+                                   spinning=True if args.spin else None)
         labels = load_labels(args.labels) if args.labels else None
         unreadable = []
 
