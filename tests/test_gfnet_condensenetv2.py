@@ -118,3 +118,8 @@ def test_a_small_condensenetv2_through_backbone_arch():
         PRESETS["resnet50_p96_t5"].replace(backbone_arch={"stages": [1]})
     with pytest.raises(ValueError, match="unknown CondenseNetV2 config field"):
         cfg.replace(backbone_arch={"stagez": [1]})
+    # the policy reads a ceil(P / 32)-sided map: a stride-1 stem or 4 dense blocks would give another size
+    with pytest.raises(ValueError, match=r"downsample by 32, but backbone_arch gives 16 \(stem 'cifar'"):
+        cfg.replace(backbone_arch=dict(arch, stem="cifar"))
+    with pytest.raises(ValueError, match=r"gives 16 \(stem 'imagenet', 4 dense blocks\)"):
+        cfg.replace(backbone_arch={"stages": [1, 1, 2, 2], "growth": [8, 8, 16, 16], "fc_channel": 64})

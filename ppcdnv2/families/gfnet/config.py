@@ -122,6 +122,10 @@ class GFNetConfig(ConfigBase):
         if self.patch_size % 32:  # its 2x2 average-pool transitions floor: ceil(P / 32) only when P divides
             raise ValueError(f"a CondenseNetV2 encoder needs a patch size divisible by 32, got {self.patch_size}")
         cdnv2 = self.backbone_config()
+        stride = cdnv2.init_stride * 2 ** (len(cdnv2.stages) - 1)  # stem, then a 2x2 pool between blocks
+        if stride != 32:  # the policy and the state size read a ceil(P / 32)-sided map
+            raise ValueError(f"a GFNet encoder must downsample by 32, but backbone_arch gives {stride} (stem "
+                             f"{cdnv2.stem!r}, {len(cdnv2.stages)} dense blocks): use stem 'imagenet' and 5 blocks")
         object.__setattr__(self, "feature_num", cdnv2.fc_channel)
         object.__setattr__(self, "fmap_channels", cdnv2.num_features)
 
