@@ -50,7 +50,9 @@ configuration's ``W`` (``data.image_size`` is replaced by it). Training crops as
 RandomResizedCrop(W) (``data.scale``/``data.ratio``) and a horizontal flip (``data.hflip``), with the
 configuration's own interpolation (upstream crops 224 bilinear for every configuration, also EfficientNet's
 260/300 ones); validation with the configuration's evaluation preprocessing (resize ``W / crop_pct``, centre
-crop ``W``). Digits are upsampled to ``W`` and augmented as the main demo (``data.pad_crop``, ``data.hflip``).
+crop ``W``). Digits are upsampled to ``W``, or with ``data.digits_size`` drawn at that size at a random place
+of a black ``W`` image (the demo: the glance cannot read them, a patch can), and augmented as the main demo
+(``data.pad_crop``, ``data.hflip``).
 """
 from __future__ import annotations
 
