@@ -10,8 +10,9 @@ times exactly what ``tools/infer.py`` runs. Measured on 2 shared cores (``benchm
 * ``session.intra_op.allow_spinning`` off when ``threads > 1``: a spinning worker that the OS has descheduled
   (any other busy process on the machine) stalls every one of the ~700 operators of a CondenseNetV2 run at
   its barrier; without spinning the workers sleep between operators. With 1 thread there is no pool and the
-  setting does nothing. ``spinning=True`` restores onnxruntime's default (a few % lower latency on an idle,
-  dedicated machine).
+  setting does nothing. ``spinning=True`` (``tools/infer.py --spin``) restores onnxruntime's default: on an
+  idle machine 1.25-1.4x faster with 2 threads (CondenseNetV2-C, batch 1: 10.5 vs 14.3 ms), slower when other
+  work takes a core.
 * memory pattern and the CPU arena stay on (onnxruntime's defaults; the memory pattern off measured 3 % slower).
 """
 from __future__ import annotations
@@ -36,13 +37,6 @@ def session_options(threads: int = 2, spinning: Optional[bool] = None, profile_p
         opts.enable_profiling = True
         opts.profile_file_prefix = str(profile_prefix)
     return opts
-
-
-def cpu_session(path, threads: int = 2, spinning: Optional[bool] = None):
-    """An onnxruntime CPU session on the model file ``path`` with :func:`session_options`."""
-    import onnxruntime as ort
-
-    return ort.InferenceSession(str(path), session_options(threads, spinning), providers=["CPUExecutionProvider"])
 
 
 #: images per onnxruntime call when a larger batch is given (see :class:`OrtRunner`)

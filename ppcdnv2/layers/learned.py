@@ -182,9 +182,10 @@ class _ConvInputGrad(PyLayer):
 
     Paddle's CPU ``conv2d_grad`` gets the input gradient of a k×k convolution by a GEMM into a k²-times
     larger column buffer and ``col2im``, its slowest CPU kernel: 11% of a CondenseNetV2-A training step,
-    ahead of any GEMM (with it: 0.48 → 0.40 s a step, 1 thread). The same gradient (stride 1, dilation 1) is the convolution of the output gradient
-    with the flipped, group-transposed weight, which Paddle runs as a (fast, specialised) ``im2col`` of the
-    output gradient, here 4x narrower than the input, and one GEMM. Same products, summed in another order.
+    ahead of any GEMM (with it: 0.48 → 0.40 s a step, 1 thread). The same gradient (stride 1, dilation 1)
+    is the convolution of the output gradient with the flipped, group-transposed weight, which Paddle runs
+    as a (fast, specialised) ``im2col`` of the output gradient, here 4x narrower than the input, and one
+    GEMM. Same products, summed in another order.
     """
 
     @staticmethod
